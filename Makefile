@@ -1,0 +1,30 @@
+# Two entry points for a new user: `make demo` and `make test`.
+# Both create .venv and install on first use; the stamp file makes the
+# second run skip the install (idempotent).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+SAMPLE := sample_data/demo_walkers.mp4
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/videoring info $(SAMPLE)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) pipelines/bench_decode.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,110 @@
+"""The results schema: what videoring outputs and what the synthetic ground truth holds.
+
+One versioned JSON document per video::
+
+    {
+      "schema_version": "1.0",
+      "video": {"path", "duration_s", "fps", "frames", "width", "height"},
+      "tracks": [{"id", "label", "boxes": [[t, x1, y1, x2, y2, conf], ...], "appearance"?}],
+      "segments": [{"label", "start_s", "end_s", "score"}],
+      "track_actions": [{"track_id", "label", "start_s", "end_s", "score"}]
+    }
+
+Times are seconds from the first frame; boxes are pixels in the displayed
+(rotated) frame. ``appearance`` (ground truth only) names the synthetic
+character, so "return" labels can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .io import atomic_write_text
+
+__all__ = ["SCHEMA_VERSION", "VideoMeta", "Track", "Segment", "TrackAction", "Results"]
+
+SCHEMA_VERSION = "1.0"
+
+
+@dataclass
+class VideoMeta:
+    path: str
+    duration_s: float
+    fps: float
+    frames: int
+    width: int
+    height: int
+
+
+@dataclass
+class Track:
+    id: int
+    label: str
+    boxes: list[list[float]]
+    """[[t, x1, y1, x2, y2, conf], ...] in time order."""
+    appearance: int | None = None
+
+
+@dataclass
+class Segment:
+    label: str
+    start_s: float
+    end_s: float
+    score: float = 1.0
+
+
+@dataclass
+class TrackAction:
+    track_id: int
+    label: str
+    start_s: float
+    end_s: float
+    score: float = 1.0
+
+
+@dataclass
+class Results:
+    video: VideoMeta
+    tracks: list[Track] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    track_actions: list[TrackAction] = field(default_factory=list)
+    schema_version: str = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for t in d["tracks"]:
+            if t.get("appearance") is None:
+                t.pop("appearance", None)
+        return {"schema_version": d.pop("schema_version"), **d}
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file + rename): never a half-written file."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Results":
+        return cls(
+            video=VideoMeta(**d["video"]),
+            tracks=[Track(**t) for t in d.get("tracks", [])],
+            segments=[Segment(**s) for s in d.get("segments", [])],
+            track_actions=[TrackAction(**a) for a in d.get("track_actions", [])],
+            schema_version=d.get("schema_version", SCHEMA_VERSION),
+        )
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Results":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def summary(self) -> str:
+        v = self.video
+        labels: dict[str, int] = {}
+        for a in self.track_actions:
+            labels[a.label] = labels.get(a.label, 0) + 1
+        acts = ", ".join(f"{k}: {n}" for k, n in sorted(labels.items())) or "none"
+        return (
+            f"{v.path}: {v.duration_s:.1f}s {v.width}x{v.height} @ {v.fps:.2f} fps, "
+            f"{len(self.tracks)} tracks, {len(self.segments)} segments, actions ({acts})"
+        )
