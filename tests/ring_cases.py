@@ -1,0 +1,63 @@
+"""Worker-side code for the ring attention tests (importable by spawned processes)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from videoring.ring import ring_attention
+from videoring.ring.layout import chunks_of
+
+
+def positions(rank: int, world: int, s_local: int, layout: str) -> torch.Tensor:
+    return torch.cat([torch.arange(g, g + n) for _, g, n in chunks_of(rank, world, s_local, layout)])
+
+
+def padded_len(total: int, world: int, layout: str) -> int:
+    unit = world * (2 if layout == "zigzag" and world > 1 else 1)
+    return math.ceil(total / unit) * unit
+
+
+def make_inputs(seed: int, B: int, H: int, total: int, D: int, world: int, layout: str):
+    """Global q, k, v, grad_out (float64) of padded length, and the key padding mask."""
+    L = padded_len(total, world, layout)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, do = (torch.randn(B, H, L, D, generator=g, dtype=torch.float64) for _ in range(4))
+    pad = torch.arange(L) < total
+    pad = pad.unsqueeze(0).expand(B, L).clone()
+    return q, k, v, do, pad
+
+
+def reference(q, k, v, do, pad, causal: bool, block: int):
+    """Float64 attention in one process (plain softmax), and its gradients."""
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    L = q.shape[2]
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    mask = pad[:, None, None, :].expand(-1, 1, L, L)
+    if causal:
+        i = torch.arange(L)
+        mask = mask & ((i[None, :] // block) <= (i[:, None] // block))
+    s = s.masked_fill(~mask, float("-inf"))
+    out = torch.softmax(s, dim=-1) @ v
+    out.backward(do)
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def run_case(rank, world, case):
+    """This rank's output and gradient shards for one case (no reference work on the ranks)."""
+    seed, B, H, total, D, layout, causal, block, dtype, use_pad = case
+    q, k, v, do, pad = make_inputs(seed, B, H, total, D, world, layout)
+    L = q.shape[2]
+    pos = positions(rank, world, L // world, layout)
+    take = lambda t: t[:, :, pos].to(dtype).detach().clone().requires_grad_(True)
+    ql, kl, vl = take(q), take(k), take(v)
+    kpm = pad[:, pos] if use_pad else None
+    out = ring_attention(ql, kl, vl, causal=causal, causal_block=block, key_padding_mask=kpm, layout=layout)
+    out.backward(do[:, :, pos].to(dtype))
+    return pos, out.detach().double(), ql.grad.double(), kl.grad.double(), vl.grad.double()
+
+
+def run_cases(rank, world, cases):
+    torch.manual_seed(0)
+    return [run_case(rank, world, c) for c in cases]

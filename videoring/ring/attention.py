@@ -1,0 +1,229 @@
+"""Exact ring attention: each rank keeps its queries, K/V blocks travel the ring.
+
+Forward, W ranks, W steps: at step s rank r holds the K/V block of rank
+(r - s) mod W. It posts the transfer of that block to the next rank, computes
+attention of its queries against it (per piece pair, skipping pieces that the
+mask hides entirely), merges the partial result with the log-sum-exp rule, and
+only then waits for the transfer. Output and statistics accumulate in fp32
+(fp64 for fp64 inputs).
+
+Backward (FlashAttention-2 style recomputation with the final out and lse): the
+K/V blocks travel again, each with an fp32 accumulator of its dK/dV that every
+rank adds its contribution to; after W steps one more hop brings the
+accumulator home. dQ never leaves its rank. No rank ever holds more than two
+K/V blocks and three dK/dV buffers.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from .comm import RingComm
+from .kernels import BlockKernel, acc_dtype, get_kernel
+from .layout import LAYOUTS, block_mask, chunks_of, relation
+from .merge import merge_
+
+__all__ = ["ring_attention", "RingStats", "record_stats"]
+
+
+@dataclass
+class RingStats:
+    """Timing of the last calls, for the benchmark (exposed communication)."""
+
+    compute_s: float = 0.0
+    wall_s: float = 0.0
+    blocks: int = 0
+    calls: list = field(default_factory=list)
+
+
+_STATS: RingStats | None = None
+
+
+@contextmanager
+def record_stats() -> Iterator[RingStats]:
+    """Collect block-compute and wall time of ring_attention calls (forward and backward)."""
+    global _STATS
+    prev, _STATS = _STATS, RingStats()
+    try:
+        yield _STATS
+    finally:
+        _STATS = prev
+
+
+@dataclass(frozen=True)
+class _Spec:
+    causal: bool
+    block: int
+    layout: str
+    scale: float
+    comm: RingComm
+    kernel: BlockKernel
+
+
+def _pairs(spec: _Spec, src: int, s_local: int, pads: list[Tensor] | None, device):
+    """Yield (q piece, k piece, mask, causal flag) for the visible piece pairs vs rank ``src``'s keys."""
+    rank, world = spec.comm.rank, spec.comm.world
+    for qc in chunks_of(rank, world, s_local, spec.layout):
+        for kc in chunks_of(src, world, s_local, spec.layout):
+            rel = relation(qc, kc, spec.causal, spec.block)
+            if rel == "none":
+                continue
+            pad = None
+            if pads is not None:
+                pad = pads[src][:, kc[0] : kc[0] + kc[2]]
+                if not bool(pad.any()):
+                    continue  # all keys are padding
+                if bool(pad.all()):
+                    pad = None
+            mask, causal_flag = None, False
+            if rel == "partial":
+                if spec.block == 1 and qc[1] == kc[1] and qc[2] == kc[2] and pad is None:
+                    causal_flag = True  # the aligned diagonal: the kernel's own causal path
+                else:
+                    mask = block_mask(qc, kc, spec.block, device)
+            if pad is not None:
+                pm = pad[:, None, None, :].expand(pad.shape[0], 1, qc[2], kc[2])
+                mask = pm if mask is None else (mask & pm)
+            yield qc, kc, mask, causal_flag
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, pads: list[Tensor] | None, spec: _Spec) -> tuple[Tensor, Tensor]:
+    comm, W = spec.comm, spec.comm.world
+    B, H, S, D = q.shape
+    acc = acc_dtype(q.dtype)
+    out = torch.zeros(B, H, S, D, dtype=acc, device=q.device)
+    lse = torch.full((B, H, S), float("-inf"), dtype=acc, device=q.device)
+    bufs = [torch.stack([k, v]), None]
+    if W > 1:
+        bufs[1] = torch.empty_like(bufs[0])
+    for step in range(W):
+        src = (comm.rank - step) % W
+        cur = bufs[step % 2]
+        reqs = comm.start([cur], [bufs[(step + 1) % 2]]) if step + 1 < W else []
+        t0 = time.perf_counter()
+        for qc, kc, mask, cflag in _pairs(spec, src, S, pads, q.device):
+            qs, ks = slice(qc[0], qc[0] + qc[2]), slice(kc[0], kc[0] + kc[2])
+            o, l = spec.kernel.forward(q[:, :, qs], cur[0][:, :, ks], cur[1][:, :, ks], mask, cflag, spec.scale)
+            merge_(out[:, :, qs], lse[:, :, qs], o, l)
+            if _STATS is not None:
+                _STATS.blocks += 1
+        if _STATS is not None:
+            _STATS.compute_s += time.perf_counter() - t0
+        comm.wait(reqs)
+    return out, lse
+
+
+def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, pads, spec: _Spec):
+    comm, W = spec.comm, spec.comm.world
+    S = q.shape[2]
+    acc = acc_dtype(q.dtype)
+    dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+    kv = [torch.stack([k, v]), torch.empty_like(torch.stack([k, v])) if W > 1 else None]
+    # three dK/dV buffers: being computed, in flight to the next rank, arriving from the previous
+    work, sending, arriving = (torch.zeros((2, *k.shape), dtype=acc, device=k.device) for _ in range(3))
+    dkv_reqs: list = []
+    for step in range(W):
+        src = (comm.rank - step) % W
+        cur = kv[step % 2]
+        kv_reqs = comm.start([cur], [kv[(step + 1) % 2]]) if step + 1 < W else []
+        t0 = time.perf_counter()
+        for qc, kc, mask, cflag in _pairs(spec, src, S, pads, q.device):
+            qs, ks = slice(qc[0], qc[0] + qc[2]), slice(kc[0], kc[0] + kc[2])
+            gq, gk, gv = spec.kernel.backward(
+                dout[:, :, qs], q[:, :, qs], cur[0][:, :, ks], cur[1][:, :, ks],
+                out[:, :, qs], lse[:, :, qs], mask, cflag, spec.scale,
+            )
+            dq[:, :, qs] += gq
+            work[0][:, :, ks] += gk
+            work[1][:, :, ks] += gv
+        if _STATS is not None:
+            _STATS.compute_s += time.perf_counter() - t0
+        if W == 1:
+            return dq, work[0], work[1]
+        if step > 0:
+            comm.wait(dkv_reqs)  # `arriving` holds the accumulator of this same K/V block
+            work += arriving
+        comm.wait(kv_reqs)
+        dkv_reqs = comm.start([work], [sending])  # `sending` is free: its transfer was waited for
+        work, sending, arriving = arriving, work, sending
+        work.zero_()
+    comm.wait(dkv_reqs)  # the last hop: our own block's dK/dV, complete
+    return dq, arriving[0], arriving[1]
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, pads_packed, spec):
+        pads = list(pads_packed.unbind(0)) if pads_packed is not None else None
+        t0 = time.perf_counter()
+        out, lse = _forward(q, k, v, pads, spec)
+        if _STATS is not None:
+            _STATS.wall_s += time.perf_counter() - t0
+        out_q = out.to(q.dtype)
+        # keep the fp32 output for the backward's rowsum(dO * O): no bf16 rounding there either
+        ctx.save_for_backward(q, k, v, out, lse, pads_packed)
+        ctx.spec = spec
+        return out_q
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, pads_packed = ctx.saved_tensors
+        pads = list(pads_packed.unbind(0)) if pads_packed is not None else None
+        t0 = time.perf_counter()
+        dq, dk, dv = _backward(dout, q, k, v, out, lse, pads, ctx.spec)
+        if _STATS is not None:
+            _STATS.wall_s += time.perf_counter() - t0
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+def ring_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    causal_block: int = 1,
+    key_padding_mask: Tensor | None = None,
+    layout: str = "contiguous",
+    group=None,
+    scale: float | None = None,
+) -> Tensor:
+    """Exact attention over the sequence sharded across the ranks of ``group``.
+
+    Args:
+        q, k, v: this rank's shard, (B, H, S_local, D); the same S_local on every rank.
+        causal: token i attends to token j iff ``j // causal_block <= i // causal_block``
+            (global positions); ``causal_block`` = tokens per frame gives frame-causal attention.
+        key_padding_mask: (B, S_local) bool, True for a real token (pad the end of uneven sequences).
+        layout: "contiguous" (rank r holds [r*S_local, (r+1)*S_local)) or "zigzag"
+            (chunks r and 2W-1-r of 2W; balances causal work).
+        group: process group; None = default. Without one, or with one rank, plain local attention.
+        scale: softmax scale, default 1/sqrt(D).
+
+    Returns: this rank's output shard, (B, H, S_local, D), dtype of q. Differentiable.
+    """
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"q, k, v must be (B, H, S_local, D) of one shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if v.shape != q.shape:
+        raise ValueError("v must have the head dimension of q and k")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: got {layout!r}; use 'contiguous' or 'zigzag'")
+    if not (isinstance(causal_block, int) and causal_block >= 1):
+        raise ValueError(f"causal_block: got {causal_block!r}; use an integer >= 1 (tokens per frame)")
+    comm = RingComm(group)
+    B, _, S, D = q.shape
+    pads_packed = None
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (B, S) or key_padding_mask.dtype != torch.bool:
+            raise ValueError(f"key_padding_mask must be bool (B, S_local)=({B}, {S}); got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+        m = key_padding_mask.to(q.device)
+        # masks are tiny (B x S_local bools): gathered once so each block knows its keys' padding
+        pads_packed = torch.stack(comm.all_gather(m.to(torch.uint8))).bool() if comm.world > 1 else m.unsqueeze(0)
+    spec = _Spec(causal, causal_block if causal else 1, layout, scale if scale is not None else D ** -0.5, comm, get_kernel(q.device))
+    return _RingAttention.apply(q, k, v, pads_packed, spec)
