@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from videoring.errors import DecodeWarning
-from videoring.probe import probe
+from videoring.videoinfo import probe
 from videoring.sampling import Sampling
 from videoring.source import VideoSource
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from videoring.errors import ConfigError
-from videoring.probe import probe
+from videoring.videoinfo import probe
 from videoring.results import SCHEMA_VERSION, Results
 from videoring.synth import ACTIONS, make_scenario, render_frames, synthesize
 from videoring.synth.render import Renderer

@@ -22,8 +22,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "probe": "videoring.probe",
-    "VideoInfo": "videoring.probe",
+    "probe": "videoring.videoinfo",
+    "VideoInfo": "videoring.videoinfo",
     "VideoSource": "videoring.source",
     "FrameChunk": "videoring.source",
     "Sampling": "videoring.sampling",

@@ -38,7 +38,7 @@ def expand_videos(items: list[str]) -> list[str]:
 
 
 def _probe_dict(path: str) -> dict:
-    from .probe import probe
+    from .videoinfo import probe
 
     return probe(path).to_dict()
 

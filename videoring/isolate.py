@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, Generator, Iterator
 
 from .errors import VideoError
 
-__all__ = ["IsolatedWorker"]
+__all__ = ["IsolatedWorker", "iter_isolated"]
 
 
 def _serve(conn) -> None:
@@ -66,7 +66,8 @@ class IsolatedWorker:
                 raise VideoError(path, f"decoder did not answer within {timeout:g}s (hung on this file); skipped")
             status, value = self._conn.recv()
         except (EOFError, ConnectionError, BrokenPipeError):
-            code = self._proc.exitcode if self._proc is not None else None
+            self._proc.join(5)  # reap it, so the exit code (the signal) is known
+            code = self._proc.exitcode
             self._kill()
             sig = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise VideoError(path, f"the native decoder crashed on this file ({sig}); the file is malformed") from None
@@ -88,3 +89,54 @@ class IsolatedWorker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stream(conn, fn, args) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        gen = fn(*args)
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                conn.send(("done", stop.value))
+                return
+            conn.send(("item", item))
+    except BaseException as e:
+        conn.send(("err", e))
+    finally:
+        conn.close()
+
+
+def iter_isolated(fn: Callable[..., Iterator], args: tuple, *, timeout: float, path: str = "") -> Generator[Any, None, Any]:
+    """Iterate the generator ``fn(*args)`` in a spawned child; returns the generator's return value.
+
+    A crash of the child, or ``timeout`` seconds without the next item, raises VideoError.
+    """
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_stream, args=(child, fn, args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        while True:
+            if not parent.poll(timeout):
+                raise VideoError(path, f"decoder did not answer within {timeout:g}s (hung on this file)")
+            try:
+                kind, value = parent.recv()
+            except (EOFError, ConnectionError):
+                proc.join(5)
+                code = proc.exitcode
+                sig = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                raise VideoError(path, f"the native decoder crashed on this file ({sig}); the file is malformed") from None
+            if kind == "item":
+                yield value
+            elif kind == "done":
+                return value
+            else:
+                raise value
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        parent.close()

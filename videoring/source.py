@@ -28,7 +28,8 @@ from typing import Callable, Iterator, Literal, Mapping
 import numpy as np
 
 from .errors import DecodeWarning, VideoError
-from .probe import VideoInfo, _ff_reason, open_container, probe
+from .isolate import iter_isolated
+from .videoinfo import VideoInfo, _ff_reason, open_container, probe
 from .sampling import Sampling, SamplingPlan, plan
 
 __all__ = ["FrameChunk", "VideoSource", "Backend", "choose_backend"]
@@ -109,12 +110,18 @@ class VideoSource:
         backend: Backend = "auto",
         threads: int = 0,
         info: VideoInfo | None = None,
+        isolate: bool = False,
+        timeout_s: float = 120.0,
     ) -> None:
         if backend not in BACKENDS:
             raise VideoError(str(path), f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.path = str(path)
         self.backend = backend
         self.threads = threads
+        self.isolate = isolate
+        """Decode in a child process: a native crash or hang becomes a VideoError (costs a copy per frame)."""
+        self.timeout_s = timeout_s
+        """With ``isolate``: seconds without a new chunk before the decoder counts as hung."""
         self.info = info if info is not None else probe(self.path)
         self.problems: list[str] = []
         """What went wrong while decoding (also emitted as DecodeWarning)."""
@@ -130,33 +137,22 @@ class VideoSource:
         if len(p) == 0:
             return
         backend = choose_backend(self.info, len(p)) if self.backend == "auto" else self.backend
-        decode = _DECODERS[backend]
-        pos_of = {int(i): n for n, i in enumerate(p.indices)}
-        buf_img: list[np.ndarray] = []
-        buf_pos: list[int] = []
         self.problems = []
-
-        def flush() -> FrameChunk:
-            pos = np.asarray(buf_pos, dtype=np.int64)
-            chunk = FrameChunk(
-                np.stack(buf_img),
-                self.info.timestamps[p.indices[pos]],
-                p.indices[pos],
-                {k: m[pos] for k, m in p.members.items()},
-            )
-            buf_img.clear()
-            buf_pos.clear()
-            return chunk
-
+        args = (self.info, p.indices, backend, self.threads, chunk_size)
+        if self.isolate:
+            runs = iter_isolated(_decode_runs_child, args, timeout=self.timeout_s, path=self.path)
+        else:
+            runs = _decode_runs(*args, self.problems)
         got = np.zeros(len(p), dtype=bool)
-        for index, img in decode(self.info, p.indices, self.threads, self.problems):
-            buf_img.append(_rotate(img, self.info.rotation))
-            buf_pos.append(pos_of[index])
-            got[buf_pos[-1]] = True
-            if len(buf_img) == chunk_size:
-                yield flush()
-        if buf_img:
-            yield flush()
+        while True:
+            try:
+                pos, images = next(runs)
+            except StopIteration as stop:
+                if self.isolate:
+                    self.problems += stop.value  # the child's problem list
+                break
+            got[pos] = True
+            yield FrameChunk(images, self.info.timestamps[p.indices[pos]], p.indices[pos], {k: m[pos] for k, m in p.members.items()})
         if not got.all():
             miss = p.indices[~got]
             t = self.info.timestamps
@@ -170,6 +166,30 @@ class VideoSource:
     def read_all(self, sampling: Sampling = Sampling()) -> FrameChunk:
         """All frames of one sampling in one chunk (short clips and tests only)."""
         return FrameChunk.concat(list(self.read(sampling)))
+
+
+def _decode_runs(
+    info: VideoInfo, indices: np.ndarray, backend: str, threads: int, chunk_size: int, problems: list
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions into ``indices``, (n, H, W, 3) images) runs of <= chunk_size, rotation applied."""
+    pos_of = {int(i): n for n, i in enumerate(indices)}
+    imgs: list[np.ndarray] = []
+    pos: list[int] = []
+    for index, img in _DECODERS[backend](info, indices, threads, problems):
+        imgs.append(_rotate(img, info.rotation))
+        pos.append(pos_of[index])
+        if len(imgs) == chunk_size:
+            yield np.asarray(pos, dtype=np.int64), np.stack(imgs)
+            imgs, pos = [], []
+    if imgs:
+        yield np.asarray(pos, dtype=np.int64), np.stack(imgs)
+
+
+def _decode_runs_child(info, indices, backend, threads, chunk_size):
+    """In the isolated child: the runs, then (as the generator's return value) the problems."""
+    problems: list[str] = []
+    yield from _decode_runs(info, indices, backend, threads, chunk_size, problems)
+    return problems
 
 
 # --------------------------------------------------------------------------- backends
