@@ -153,85 +153,94 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--accuracy-worker")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sections", default="speed,memory,causal,accuracy", help="comma-separated subset to run")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks_ring.md")
     args = ap.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
     if args.accuracy_worker:
         return accuracy_worker(json.loads(args.accuracy_worker))
+    if args.out.exists() and args.sections != ap.get_default("sections"):
+        args.out = args.out.with_name(args.out.stem + "_" + args.sections.replace(",", "_") + args.out.suffix)
 
     base = dict(H=8, D=64, causal=False, layout="contiguous")
     lines = ["# Ring attention benchmark", "",
              "2-core CPU, gloo, no GPU. Command: `python pipelines/bench_ring.py`. "
              "`ring W=2` runs 2 ranks with 1 thread each on the same 2 cores that single-process SDPA uses with 2 threads.", ""]
 
+    sections = set(args.sections.split(","))
     # speed
-    lines += ["## Speed (non-causal, H=8, D=64)", "",
-              "| S total | dtype | pass | SDPA 2 threads (s) | ring W=2 (s) | ratio ring/SDPA | ring W=4, oversubscribed (s) | ring-attention-pytorch W=2 (s) | ours vs it | exposed comm W=2 (wall/compute) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    sizes = [4096, 16384] + ([] if args.quick else [65536])
-    for S in sizes:
-        for dtype in ("float32", "bfloat16"):
-            if S == 65536 and dtype == "bfloat16":
-                continue
-            for mode in ("fwd", "fwdbwd"):
-                warm = S <= 16384
-                c = dict(base, S=S, dtype=dtype, mode=mode, warmup=warm)
-                sd = launch(dict(c, impl="sdpa", threads=2), 1)
-                r2 = launch(dict(c, impl="ring", threads=1), 2)
-                r4 = launch(dict(c, impl="ring", threads=1), 4) if S <= 16384 else None
-                lu = launch(dict(c, impl="lucid", threads=1), 2) if S <= 16384 else None
+    if "speed" in sections:
+        lines += ["## Speed (non-causal, H=8, D=64)", "",
+                  "| S total | dtype | pass | SDPA 2 threads (s) | ring W=2 (s) | ratio ring/SDPA | ring W=4, oversubscribed (s) | ring-attention-pytorch W=2 (s) | ours vs it | exposed comm W=2 (wall/compute) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        sizes = [4096, 16384] + ([] if args.quick else [65536])
+        for S in sizes:
+            for dtype in ("float32", "bfloat16"):
+                if S == 65536 and dtype == "bfloat16":
+                    continue
+                for mode in ("fwd", "fwdbwd"):
+                    warm = S <= 16384
+                    c = dict(base, S=S, dtype=dtype, mode=mode, warmup=warm)
+                    sd = launch(dict(c, impl="sdpa", threads=2), 1)
+                    r2 = launch(dict(c, impl="ring", threads=1), 2)
+                    r4 = launch(dict(c, impl="ring", threads=1), 4) if S <= 16384 else None
+                    lu = launch(dict(c, impl="lucid", threads=1), 2) if S <= 16384 else None
 
-                def sec(r):
-                    return max(x["seconds"] for x in r["ranks"]) if r and "ranks" in r else float("nan")
+                    def sec(r):  # noqa: E306
+                        return max(x["seconds"] for x in r["ranks"]) if r and "ranks" in r else float("nan")
 
-                exp = max(x["ring_wall_s"] / x["compute_s"] for x in r2["ranks"]) if "ranks" in r2 else float("nan")
-                row = (f"| {S // 1024}k | {dtype} | {mode} | {sec(sd):.2f} | {sec(r2):.2f} | {sec(r2) / sec(sd):.2f} | "
-                       f"{sec(r4):.2f} | {sec(lu):.2f} | {sec(lu) / sec(r2):.1f}x faster | {exp:.3f} |")
-                lines.append(row)
-                print(row, flush=True)
+                    exp = max(x["ring_wall_s"] / x["compute_s"] for x in r2["ranks"]) if "ranks" in r2 else float("nan")
+                    row = (f"| {S // 1024}k | {dtype} | {mode} | {sec(sd):.2f} | {sec(r2):.2f} | {sec(r2) / sec(sd):.2f} | "
+                           f"{sec(r4):.2f} | {sec(lu):.2f} | {sec(lu) / sec(r2):.1f}x faster | {exp:.3f} |")
+                    lines.append(row)
+                    print(row, flush=True)
 
     # memory vs W at fixed S_local
-    lines += ["", "## Peak RSS per rank at fixed S_local = 4096 (fp32, forward+backward)", "",
-              "| W | S total | peak RSS per rank (MiB, max over ranks) | vs W=1 |", "|---|---|---|---|"]
-    rss1 = None
-    for W in (1, 2, 3, 4):
-        r = launch(dict(base, S=4096 * W, dtype="float32", mode="fwdbwd", impl="ring", threads=1), W)
-        rss = max(x["rss_mib"] for x in r["ranks"])
-        rss1 = rss1 or rss
-        lines.append(f"| {W} | {4096 * W} | {rss:.0f} | {rss / rss1:.3f} |")
-        print(lines[-1], flush=True)
-    if not args.quick:
-        r = launch(dict(base, S=65536, dtype="float32", mode="fwdbwd", impl="ring", threads=1), 2)
-        if "ranks" in r:
-            lines.append(f"\n64k tokens, non-causal forward+backward over 2 ranks: peak RSS per rank "
-                         f"{max(x['rss_mib'] for x in r['ranks']):.0f} MiB, {max(x['seconds'] for x in r['ranks']):.0f} s.")
+    if "memory" in sections:
+        for s_local in (4096, 16384):
+            lines += ["", f"## Peak RSS per rank at fixed S_local = {s_local} (fp32, forward+backward)", "",
+                      "| W | S total | peak RSS per rank (MiB, max over ranks) | vs W=1 |", "|---|---|---|---|"]
+            rss1 = None
+            for W in (1, 2, 3, 4):
+                r = launch(dict(base, S=s_local * W, dtype="float32", mode="fwdbwd", impl="ring", threads=1), W)
+                rss = max(x["rss_mib"] for x in r["ranks"])
+                rss1 = rss1 or rss
+                lines.append(f"| {W} | {s_local * W} | {rss:.0f} | {rss / rss1:.3f} |")
+                print(lines[-1], flush=True)
+        if not args.quick:
+            r = launch(dict(base, S=65536, dtype="float32", mode="fwdbwd", impl="ring", threads=1), 2)
+            if "ranks" in r:
+                lines.append(f"\n64k tokens, non-causal forward+backward over 2 ranks: peak RSS per rank "
+                             f"{max(x['rss_mib'] for x in r['ranks']):.0f} MiB, {max(x['seconds'] for x in r['ranks']):.0f} s.")
 
     # causal balance
-    lines += ["", "## Causal: contiguous vs zigzag (S=16k, fp32, forward+backward)", "",
-              "| W | layout | wall (s) | per-rank compute (s) | max/min compute | per-rank attended pairs (M) | max/min pairs |",
-              "|---|---|---|---|---|---|---|"]
-    for W in (2, 4):
-        walls = {}
-        for layout in ("contiguous", "zigzag"):
-            r = launch(dict(base, S=16384, dtype="float32", mode="fwdbwd", impl="ring", causal=True, layout=layout, threads=1), W)
-            comp = [x["compute_s"] for x in r["ranks"]]
-            pairs = [x["pairs"] / 1e6 for x in r["ranks"]]
-            walls[layout] = max(x["seconds"] for x in r["ranks"])
-            lines.append(f"| {W} | {layout} | {walls[layout]:.2f} | {', '.join(f'{c:.2f}' for c in comp)} | "
-                         f"{max(comp) / min(comp):.2f} | {', '.join(f'{p:.0f}' for p in pairs)} | {max(pairs) / min(pairs):.3f} |")
-            print(lines[-1], flush=True)
-        lines.append(f"| {W} | zigzag speed-up over contiguous | {walls['contiguous'] / walls['zigzag']:.2f}x | | | | |")
+    if "causal" in sections:
+        lines += ["", "## Causal: contiguous vs zigzag (S=16k, fp32, forward+backward)", "",
+                  "| W | layout | wall (s) | per-rank compute (s) | max/min compute | per-rank attended pairs (M) | max/min pairs |",
+                  "|---|---|---|---|---|---|---|"]
+        for W in (2, 4):
+            walls = {}
+            for layout in ("contiguous", "zigzag"):
+                r = launch(dict(base, S=16384, dtype="float32", mode="fwdbwd", impl="ring", causal=True, layout=layout, threads=1), W)
+                comp = [x["compute_s"] for x in r["ranks"]]
+                pairs = [x["pairs"] / 1e6 for x in r["ranks"]]
+                walls[layout] = max(x["seconds"] for x in r["ranks"])
+                lines.append(f"| {W} | {layout} | {walls[layout]:.2f} | {', '.join(f'{c:.2f}' for c in comp)} | "
+                             f"{max(comp) / min(comp):.2f} | {', '.join(f'{p:.0f}' for p in pairs)} | {max(pairs) / min(pairs):.3f} |")
+                print(lines[-1], flush=True)
+            lines.append(f"| {W} | zigzag speed-up over contiguous | {walls['contiguous'] / walls['zigzag']:.2f}x | | | | |")
 
     # accuracy
-    lines += ["", "## Accuracy against float64 (fp32 inputs, S=2048, H=4, D=64, W=2)", "",
-              "| causal | implementation | out | dq | dk | dv |", "|---|---|---|---|---|---|"]
-    for causal in (False, True):
-        r = launch(dict(S=2048, H=4, D=64, causal=causal, threads=1), 2, accuracy=True)
-        for impl, errs in r.get("errors", {}).items():
-            name = "videoring.ring" if impl == "ring" else "ring-attention-pytorch"
-            lines.append(f"| {causal} | {name} | " + " | ".join(f"{e:.1e}" for e in errs) + " |")
-            print(lines[-1], flush=True)
+    if "accuracy" in sections:
+        lines += ["", "## Accuracy against float64 (fp32 inputs, S=2048, H=4, D=64, W=2)", "",
+                  "| causal | implementation | out | dq | dk | dv |", "|---|---|---|---|---|---|"]
+        for causal in (False, True):
+            r = launch(dict(S=2048, H=4, D=64, causal=causal, threads=1), 2, accuracy=True)
+            for impl, errs in r.get("errors", {}).items():
+                name = "videoring.ring" if impl == "ring" else "ring-attention-pytorch"
+                lines.append(f"| {causal} | {name} | " + " | ".join(f"{e:.1e}" for e in errs) + " |")
+                print(lines[-1], flush=True)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -60,3 +60,32 @@ def test_synth_cli(tmp_path):
     assert r.returncode == 2 and "--size" in r.stderr
     r = run("synth", str(out), "--duration", "-1")
     assert r.returncode == 2 and "duration" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_features_same_file_for_any_nproc(tmp_path, lossless_clip):
+    from safetensors.torch import load_file
+
+    common = ["encoder.precision=fp32", "sampling.fps=2", "temporal.depth=2", f"cache_dir={tmp_path / 'cache'}"]
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"f{n}.safetensors"
+        r = run("features", str(lossless_clip), "-o", str(out), "--nproc", str(n), *common)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs[n] = load_file(str(out))
+    a, b = outs[1], outs[2]
+    assert a["features"].shape == (24, 192) and a["timestamps"].dtype.is_floating_point
+    assert a["timestamps"].tolist() == [i / 2 for i in range(24)]
+    assert (a["timestamps"] == b["timestamps"]).all()
+    assert (a["features"] - b["features"]).abs().max() <= 1e-4
+    # a rerun reads the encoder cache instead of re-encoding: no cache file is rewritten
+    cached = {p: p.stat().st_ino for p in (tmp_path / "cache").glob("*.safetensors")}
+    assert cached
+    r = run("features", str(lossless_clip), "-o", str(tmp_path / "again.safetensors"), *common)
+    assert r.returncode == 0
+    assert {p: p.stat().st_ino for p in (tmp_path / "cache").glob("*.safetensors")} == cached
+    assert (load_file(str(tmp_path / "again.safetensors"))["features"] == a["features"]).all()
+
+
+def test_features_bad_config_is_one_line(tmp_path, lossless_clip):
+    r = run("features", str(lossless_clip), "-o", str(tmp_path / "x.safetensors"), "temporal.heads=abc")
+    assert r.returncode == 2 and "temporal.heads" in r.stderr and "Traceback" not in r.stderr

@@ -1,6 +1,7 @@
 """The ``videoring`` command line.
 
     videoring info VIDEO... [--json]          what each file holds
+    videoring features VIDEO -o OUT.safetensors [--nproc N] [-c CONFIG] [key=value ...]
     videoring synth OUT.mp4 --seed N --duration S [--size WxH] [--fps F] [--lossless] [--pan]
 
 Errors print one line per failed file on stderr (``--debug`` shows the
@@ -91,6 +92,71 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with ``nproc`` ranks (gloo on CPU, NCCL on GPU)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "videoring.cli", *argv]
+    return subprocess.run(cmd).returncode
+
+
+def _init_distributed() -> tuple[int, int]:
+    """Under torchrun: join the process group; threads split between the local ranks."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return (dist.get_rank() if world > 1 else 0), world
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc: got {args.nproc}; use 1 or more ranks")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        argv, skip = [], False
+        for a in args.argv:  # the same command, without --nproc, on every rank
+            if skip:
+                skip = False
+            elif a == "--nproc":
+                skip = True
+            elif not a.startswith("--nproc="):
+                argv.append(a)
+        return _torchrun(args.nproc, argv)
+    from safetensors.torch import save_file
+
+    from .config import load_config
+    from .engine import FeatureEngine, gather_run
+    from .io import atomic_path
+
+    cfg = load_config(args.config, args.overrides)
+    rank, world = _init_distributed()
+    import numpy as np
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    engine = FeatureEngine(cfg)
+    run = engine.run(args.video)
+    gathered = gather_run(run)
+    if rank == 0:
+        feats, ts = gathered
+        with atomic_path(args.output) as tmp:
+            save_file({"features": feats.contiguous(), "timestamps": torch.as_tensor(np.asarray(ts, dtype=np.float64))}, str(tmp))
+        print(f"wrote {args.output}: features {tuple(feats.shape)}, {len(ts)} time steps, {world} rank(s)")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
 def _report(e: BaseException, args: argparse.Namespace) -> None:
     if getattr(args, "debug", False):
         traceback.print_exception(e)
@@ -119,11 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lossless", action="store_true", help="lossless RGB H.264 (exact frames)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("features", help="per-time-step embeddings of a video (encoder + time-sharded temporal model)")
+    p.add_argument("video")
+    p.add_argument("-o", "--output", required=True, help="OUT.safetensors: features (T, C), timestamps (T,) float64")
+    p.add_argument("-c", "--config", help="YAML config (configs/features_tiny.yaml)")
+    p.add_argument("--nproc", type=int, default=1, help="ranks to split time across (starts torchrun)")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. sampling.fps=0.5")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_features)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.fn(args)
     except (VideoError, ConfigError, OSError) as e:

@@ -132,8 +132,11 @@ class VideoSource:
         return plan(self.info.timestamps, samplers)
 
     def read(self, samplers: Mapping[str, Sampling] | Sampling = Sampling(), *, chunk_size: int = 32) -> Iterator[FrameChunk]:
-        """Yield chunks of at most ``chunk_size`` frames covering the plan, in order."""
-        p = self.plan(samplers)
+        """Yield chunks of at most ``chunk_size`` frames covering the samplers' frames, in order."""
+        return self.read_plan(self.plan(samplers), chunk_size=chunk_size)
+
+    def read_plan(self, p: SamplingPlan, *, chunk_size: int = 32) -> Iterator[FrameChunk]:
+        """Yield the frames of an explicit plan (sorted frame indices + consumer masks)."""
         if len(p) == 0:
             return
         backend = choose_backend(self.info, len(p)) if self.backend == "auto" else self.backend

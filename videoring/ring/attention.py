@@ -124,9 +124,14 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     S = q.shape[2]
     acc = acc_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-    kv = [torch.stack([k, v]), torch.empty_like(torch.stack([k, v])) if W > 1 else None]
-    # three dK/dV buffers: being computed, in flight to the next rank, arriving from the previous
-    work, sending, arriving = (torch.zeros((2, *k.shape), dtype=acc, device=k.device) for _ in range(3))
+    kv = [torch.stack([k, v]), None]
+    if W > 1:
+        kv[1] = torch.empty_like(kv[0])
+    # three dK/dV buffers (one when W = 1): being computed, in flight to the next rank,
+    # arriving from the previous
+    work, sending, arriving = (
+        torch.zeros((2, *k.shape), dtype=acc, device=k.device) if i == 0 or W > 1 else None for i in range(3)
+    )
     dkv_reqs: list = []
     for step in range(W):
         src = (comm.rank - step) % W

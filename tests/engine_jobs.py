@@ -1,0 +1,29 @@
+"""Worker-side jobs for tests/test_engine.py (importable by spawned processes)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+CASES = [("contiguous", False), ("zigzag", True)]
+
+
+def features_and_grads(rank, world, video):
+    from videoring.config import load_config
+    from videoring.engine import FeatureEngine, gather_run
+
+    out = []
+    for layout, causal in CASES:
+        cfg = load_config(None, [f"temporal.layout={layout}", f"temporal.causal={causal}", "encoder.precision=fp32",
+                                 "cache_dir=", "sampling.fps=2", "temporal.dim=64", "temporal.heads=4", "temporal.depth=2"])
+        eng = FeatureEngine(cfg)
+        run = eng.run(video, with_grad=True)
+        # a loss over the whole video: the sum over ranks of each rank's part (mean over T)
+        loss = (run.features ** 2).sum() / run.total
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in eng.temporal.parameters() if p.grad is not None])
+        if world > 1:
+            dist.all_reduce(grads)  # data-parallel style sum of the per-rank parameter gradients
+        g = gather_run(run)
+        out.append((g[0], g[1], grads) if rank == 0 else None)
+    return out

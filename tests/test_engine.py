@@ -1,0 +1,123 @@
+"""Encoder, temporal model and the time-sharded engine."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from videoring.config import EncoderConfig, FeaturesConfig, TemporalConfig, load_config
+from videoring.encoder import FrameEncoder, load_state_dict
+from videoring.engine import frame_pieces
+from videoring.errors import ConfigError
+from videoring.synth import synthesize
+from videoring.temporal import time_encoding
+
+from .distributed import run_world
+from .engine_jobs import CASES, features_and_grads
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine") / "clip.mp4"
+    synthesize(out, seed=3, duration_s=9.7, fps=10, size=(160, 120))  # 20 samples at 2 fps: uneven for W=3, 4
+    return out
+
+
+def test_sharded_features_and_gradients_equal_single_process(clip):
+    """W = 1, 2, 3, 4 give the same per-time-step outputs and parameter gradients.
+
+    Bound 1e-4 (fp32): the ring is exact up to rounding (~1e-6 here); the rest is
+    batch-size-dependent rounding in the encoder's matmuls, since each rank encodes
+    a different number of frames.
+    """
+    ref = run_world(features_and_grads, 1, str(clip))[0]
+    assert ref[0][0].shape == (20, 64)
+    for world in (2, 3, 4):
+        got = run_world(features_and_grads, world, str(clip))[0]
+        for (layout, causal), r, g in zip(CASES, ref, got):
+            f_ref, ts_ref, gr_ref = (torch.as_tensor(x) for x in r)
+            f, ts, gr = (torch.as_tensor(x) for x in g)
+            np.testing.assert_array_equal(ts, ts_ref)
+            assert (f - f_ref).abs().max() <= 1e-4, (world, layout)
+            assert (gr - gr_ref).abs().max() <= 1e-4, (world, layout)
+            assert gr_ref.abs().max() > 1e-3  # the gradients are not trivially zero
+
+
+def test_frame_pieces_cover_every_frame_once():
+    for T in (1, 7, 20, 101):
+        for W in (1, 2, 3, 4):
+            for layout in ("contiguous", "zigzag"):
+                pieces = frame_pieces(T, W, layout)
+                lens = {sum(b - a for a, b in p) for p in pieces}
+                assert len(lens) == 1  # the same padded length on every rank
+                covered = sorted(i for p in pieces for a, b in p for i in range(a, min(b, T)))
+                assert covered == list(range(T))
+
+
+def test_time_encoding_is_exact_in_seconds():
+    t = torch.tensor([0.0, 0.5, 3600.0, 3600.5], dtype=torch.float64)
+    e = time_encoding(t, 64, 10000.0)
+    assert e.shape == (4, 64) and e.dtype == torch.float32
+    assert not torch.allclose(e[2], e[3])  # half a second apart, an hour in: still distinct
+    assert torch.allclose(e[0], time_encoding(torch.zeros(1, dtype=torch.float64), 64, 10000.0)[0])
+
+
+@pytest.mark.parametrize("tpf, n", [(1, 1), (5, 5), (17, 17), (0, 197)])
+def test_encoder_tokens_per_frame(tpf, n):
+    enc = FrameEncoder(EncoderConfig(tokens_per_frame=tpf, precision="fp32", batch_size=3))
+    frames = np.random.default_rng(0).integers(0, 255, (4, 120, 160, 3), dtype=np.uint8)
+    out = enc(frames)
+    assert out.tokens.shape == (4, n, 192) and out.grid.shape == (4, 192, 14, 14) and out.cls.shape == (4, 192)
+    # batching does not change the result (3 + 1 vs one at a time)
+    one = enc(frames[3:])
+    assert torch.allclose(one.tokens[0], out.tokens[3], atol=1e-4)
+
+
+def test_encoder_weights_from_local_files(tmp_path):
+    torch.manual_seed(1)
+    src = FrameEncoder(EncoderConfig(precision="fp32"))
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in src.model.state_dict().items()}
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": sd}, tmp_path / "w.pth")
+    frames = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    want = src(frames).tokens
+    for name in ("w.safetensors", "w.pth"):
+        torch.manual_seed(99)  # a different random init, overwritten by the file
+        enc = FrameEncoder(EncoderConfig(precision="fp32", weights=str(tmp_path / name)))
+        assert torch.allclose(enc(frames).tokens, want)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Evil()}, f)
+    with pytest.raises(ConfigError, match="weights_only"):
+        load_state_dict(path)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="encoder.tokens_per_frame"):
+        load_config(None, ["encoder.tokens_per_frame=3"])
+    with pytest.raises(ConfigError, match="temporal.depht: unknown key"):
+        load_config(None, ["temporal.depht=3"])
+    with pytest.raises(ConfigError, match="sampling.fps"):
+        load_config(None, ["sampling.fps=abc"])
+    with pytest.raises(ConfigError, match="temporal.dim"):
+        load_config(None, ["temporal.dim=30", "temporal.heads=4"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("encoder: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    cfg = load_config(None, ["temporal.causal=true", "encoder.weights=null"])
+    assert cfg.temporal.causal is True and cfg.encoder.weights is None
+    assert isinstance(cfg, FeaturesConfig) and isinstance(cfg.temporal, TemporalConfig)

@@ -1,0 +1,198 @@
+"""Typed configuration: one dataclass per stage, YAML in, dotted overrides.
+
+    cfg = load_config("configs/features_tiny.yaml", ["encoder.name=vit_small_patch16_224", "sampling.fps=0.5"])
+
+Unknown keys, wrong types and out-of-range values raise ConfigError naming the
+key, the value received and what is allowed. YAML is read with safe_load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["EncoderConfig", "TemporalConfig", "SampleConfig", "FeaturesConfig", "load_config", "apply_overrides"]
+
+TOKENS_PER_FRAME = (1, 5, 17, 0)
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "vit_tiny_patch16_224"
+    """Any timm ViT (``timm.list_models('vit_*')``)."""
+    weights: str | None = None
+    """Local weights file (.safetensors, .pth/.pt torch checkpoint, timm checkpoint); None = random init."""
+    hub: bool = False
+    """Download pretrained weights from the hub (only when online and asked for)."""
+    tokens_per_frame: int = 17
+    """1 (CLS), 5 (CLS + 2x2 grid), 17 (CLS + 4x4 grid) or 0 (CLS + every patch)."""
+    batch_size: int = 16
+    precision: str = "bf16"
+    """'fp32' or 'bf16' (autocast; measured ~1.8x faster for ViTs on this CPU)."""
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_frame not in TOKENS_PER_FRAME:
+            raise ConfigError(f"encoder.tokens_per_frame: got {self.tokens_per_frame!r}; use one of 1, 5, 17 or 0 (all patches)")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"encoder.precision: got {self.precision!r}; use 'fp32' or 'bf16'")
+        if self.batch_size < 1:
+            raise ConfigError(f"encoder.batch_size: got {self.batch_size!r}; use an integer >= 1")
+
+
+@dataclass
+class TemporalConfig:
+    dim: int = 192
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    causal: bool = False
+    """Frame-causal attention (every token of a frame sees its frame and the past): for streaming."""
+    layout: str = "contiguous"
+    """Ring placement: 'contiguous' or 'zigzag' (balances causal work)."""
+    time_scale_s: float = 10000.0
+    """Longest period of the sinusoidal time encoding, in seconds."""
+
+    def __post_init__(self) -> None:
+        if self.dim < 8 or self.dim % self.heads:
+            raise ConfigError(f"temporal.dim: got {self.dim!r} with heads={self.heads}; use dim >= 8 divisible by heads")
+        if self.depth < 1:
+            raise ConfigError(f"temporal.depth: got {self.depth!r}; use an integer >= 1")
+        if self.layout not in ("contiguous", "zigzag"):
+            raise ConfigError(f"temporal.layout: got {self.layout!r}; use 'contiguous' or 'zigzag'")
+        if not (self.time_scale_s > 0 and math.isfinite(self.time_scale_s)):
+            raise ConfigError(f"temporal.time_scale_s: got {self.time_scale_s!r}; use a positive number of seconds")
+
+
+@dataclass
+class SampleConfig:
+    fps: float = 1.0
+    """Encoder sampling rate (frames per second of video)."""
+    chunk_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ConfigError(f"sampling.fps: got {self.fps!r}; use a positive number")
+        if self.chunk_size < 1:
+            raise ConfigError(f"sampling.chunk_size: got {self.chunk_size!r}; use an integer >= 1")
+
+
+@dataclass
+class FeaturesConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    sampling: SampleConfig = field(default_factory=SampleConfig)
+    seed: int = 0
+    """Seeds the random init of the temporal model (and the encoder without weights)."""
+    cache_dir: str | None = ".cache/videoring/features"
+    """Encoder outputs per video span; None disables the cache."""
+    threads: int = 0
+    """torch threads per process (0 = all cores / processes)."""
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: got {value!r}; expected {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: got {value!r}; expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: got {value!r}; expected an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: got {value!r}; expected an integer") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}; expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: got {value!r}; expected a number") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: got {value!r}; expected a string")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: got {data!r}; expected a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; allowed: {', '.join(sorted(known))}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, f"{prefix}{f.name}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}" if prefix and not str(e).startswith(prefix) else str(e)) from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``a.b=value`` strings applied onto a nested dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: use key=value, e.g. sampling.fps=0.5")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else None
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {p} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = FeaturesConfig):
+    """YAML file (optional) + dotted overrides -> a validated config dataclass."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    apply_overrides(data, list(overrides or []))
+    return _build(cls, data)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
