@@ -19,12 +19,16 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/videoring info $(SAMPLE)
+	$(VENV)/bin/videoring features $(SAMPLE) -o out/demo_walkers.features.safetensors -c configs/features_tiny.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) pipelines/bench_decode.py
+	$(PY) pipelines/bench_ring.py
+	$(PY) pipelines/bench_engine.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -103,8 +103,8 @@ def temporal_rows() -> list[str]:
             rows.append(f"| {W} | {F * 17} | | failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:100]} | |")
         else:
             note = " (4 ranks on 2 cores)" if W > 2 else ""
-            rows.append(f"| {W}{note} | {F * 17} | {-(-F // W) * 17} | {max(x['seconds'] for x in res):.1f} | "
-                        f"{', '.join(f'{x['rss_mib']:.0f}' for x in res)} |")
+            rss = ", ".join(f"{x['rss_mib']:.0f}" for x in res)
+            rows.append(f"| {W}{note} | {F * 17} | {-(-F // W) * 17} | {max(x['seconds'] for x in res):.1f} | {rss} |")
         print(rows[-1], flush=True)
     return rows
 

@@ -143,7 +143,8 @@ def launch(cfg: dict, W: int, accuracy: bool = False) -> dict | None:
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    err = (r.stderr.strip().splitlines() or ["?"])[-1][:160]
+    lines = r.stderr.strip().splitlines() or ["?"]
+    err = next((ln.split("]: ", 1)[-1] for ln in lines if "Error" in ln), lines[-1])[:160]
     print(f"  failed: {cfg} W={W}: {err}", flush=True)
     return {"cfg": cfg, "error": err}
 
@@ -191,8 +192,14 @@ def main() -> None:
                         return max(x["seconds"] for x in r["ranks"]) if r and "ranks" in r else float("nan")
 
                     exp = max(x["ring_wall_s"] / x["compute_s"] for x in r2["ranks"]) if "ranks" in r2 else float("nan")
-                    row = (f"| {S // 1024}k | {dtype} | {mode} | {sec(sd):.2f} | {sec(r2):.2f} | {sec(r2) / sec(sd):.2f} | "
-                           f"{sec(r4):.2f} | {sec(lu):.2f} | {sec(lu) / sec(r2):.1f}x faster | {exp:.3f} |")
+                    def cell(r):  # noqa: E306
+                        if r is None:
+                            return "not run"
+                        return f"{sec(r):.2f}" if "ranks" in r else f"fails ({r['error'][:60]})"
+
+                    vs = f"{sec(lu) / sec(r2):.1f}x faster" if lu and "ranks" in lu else "n/a"
+                    row = (f"| {S // 1024}k | {dtype} | {mode} | {cell(sd)} | {cell(r2)} | {sec(r2) / sec(sd):.2f} | "
+                           f"{cell(r4)} | {cell(lu)} | {vs} | {exp:.3f} |")
                     lines.append(row)
                     print(row, flush=True)
 
