@@ -115,3 +115,10 @@ def test_decord_refuses_what_it_misreads(real_videos):
     for name in ["nasa_multistream_torchcodec.mp4", "rot90_keyboard_3f_decord.mov"]:
         with pytest.raises(VideoError, match="backend='pyav'"):
             VideoSource(real_videos / name, backend="decord").read_all()
+
+
+def test_manifest_lists_the_real_clips(real_videos):
+    # without it the parametrized test above would silently collect nothing
+    assert len(ROWS) >= 25
+    for row in ROWS:
+        assert (real_videos / row["file"]).exists(), row["file"]
