@@ -27,3 +27,17 @@ def features_and_grads(rank, world, video):
         g = gather_run(run)
         out.append((g[0], g[1], grads) if rank == 0 else None)
     return out
+
+
+def disagreeing_ranks(rank, world, video):
+    from videoring.config import load_config
+    from videoring.engine import FeatureEngine
+    from videoring.errors import ConfigError
+
+    # rank 1 was started with another sampling rate: both must stop with a clear error
+    cfg = load_config(None, ["cache_dir=", f"sampling.fps={1 + rank}", "temporal.depth=1"])
+    try:
+        FeatureEngine(cfg).run(video)
+    except ConfigError as e:
+        return str(e)
+    return "no error"

@@ -121,3 +121,25 @@ def test_config_errors_name_the_key(tmp_path):
     cfg = load_config(None, ["temporal.causal=true", "encoder.weights=null"])
     assert cfg.temporal.causal is True and cfg.encoder.weights is None
     assert isinstance(cfg, FeaturesConfig) and isinstance(cfg.temporal, TemporalConfig)
+
+
+def test_ranks_with_different_configs_stop_with_a_clear_error(clip):
+    from .engine_jobs import disagreeing_ranks
+
+    msgs = run_world(disagreeing_ranks, 2, str(clip), timeout=120)
+    assert all("different config" in m and "same job" in m for m in msgs), msgs
+
+
+def test_cache_reuses_finished_blocks_after_an_interrupted_run(clip, tmp_path):
+    """A run killed midway leaves its finished 64-frame blocks; the rerun encodes only the rest."""
+    from videoring.engine import FeatureEngine
+
+    cfg = load_config(None, [f"cache_dir={tmp_path}", "sampling.fps=10", "temporal.depth=1", "encoder.precision=fp32"])
+    full = FeatureEngine(cfg).run(str(clip)).features
+    files = sorted(tmp_path.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    assert len(files) == 2  # 97 frames: blocks of 64 + 33
+    kept = files[0].stat().st_ino
+    files[1].unlink()  # as if killed while encoding the second block
+    again = FeatureEngine(cfg).run(str(clip)).features
+    assert files[0].stat().st_ino == kept and files[1].exists()
+    assert torch.allclose(again, full, atol=1e-5)

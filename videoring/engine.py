@@ -103,8 +103,12 @@ class FeatureEngine:
 
         from .io import atomic_path
 
+        from tqdm import tqdm
+
         out: list[Tensor] = []
-        for s in range(0, len(indices), CACHE_BLOCK):
+        blocks = range(0, len(indices), CACHE_BLOCK)
+        # progress on rank 0 only; each rank encodes its own span at the same pace
+        for s in tqdm(blocks, desc="encode", unit="block", disable=self.rank != 0 or len(blocks) < 2, leave=False):
             block = indices[s : s + CACHE_BLOCK]
             path = self._cache_path(vhash, block)
             if path is not None and path.exists():
