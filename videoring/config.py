@@ -156,10 +156,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             kwargs[f.name] = _build(tp, data[f.name], f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(data[f.name], tp, f"{prefix}{f.name}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{prefix}{e}" if prefix and not str(e).startswith(prefix) else str(e)) from None
+    return cls(**kwargs)  # __post_init__ errors already name their full key
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
