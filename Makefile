@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/videoring info $(SAMPLE)
-	$(VENV)/bin/videoring features $(SAMPLE) -o out/demo_walkers.features.safetensors -c configs/features_tiny.yaml
+	$(VENV)/bin/videoring analyze $(SAMPLE) -o out
+	$(VENV)/bin/videoring eval out/demo_walkers/results.json sample_data/demo_walkers.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q

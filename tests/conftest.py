@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+_NETLOG = Path(os.environ.setdefault("VIDEORING_NET_LOG", str(Path(__import__("tempfile").mkdtemp()) / "net.log")))
+# every Python process the tests start (CLI runs, spawned ranks) loads tests/netguard/sitecustomize.py
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "netguard"), *filter(None, [os.environ.get("PYTHONPATH")])])
+import sys as _sys  # noqa: E402
+
+_sys.path.insert(0, str(ROOT / "tests" / "netguard"))
+import sitecustomize as _netguard  # noqa: E402,F401  (this process too)
 REAL_VIDEOS = Path(os.environ.get("VIDEORING_REAL_VIDEOS", ROOT.parent / "shared" / "real_videos"))
 
 
@@ -38,3 +45,11 @@ def lossless_clip(tmp_path_factory) -> Path:
 
 
 LOSSLESS_ARGS = dict(seed=5, duration_s=12.0, fps=10.0, size=(160, 120))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network_access():
+    """Fails the run if any test process tried to reach the network (DNS or connect)."""
+    yield
+    attempts = _NETLOG.read_text().splitlines() if _NETLOG.exists() else []
+    assert not attempts, "network access attempted during tests:\n" + "\n".join(attempts[:10])

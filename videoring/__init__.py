@@ -7,6 +7,7 @@ Entry points:
 - :class:`Sampling`: which frames a consumer wants (:mod:`videoring.sampling`).
 - :mod:`videoring.ring`: exact ring attention across processes.
 - :func:`synthesize`: synthetic clips with ground truth (:mod:`videoring.synth`).
+- :class:`Pipeline`: the whole job, video -> tracks and actions (:mod:`videoring.pipeline`).
 - :class:`Results`: the output schema (:mod:`videoring.results`).
 - the ``videoring`` CLI (:mod:`videoring.cli`).
 
@@ -28,6 +29,9 @@ _EXPORTS = {
     "FrameChunk": "videoring.source",
     "Sampling": "videoring.sampling",
     "Results": "videoring.results",
+    "Pipeline": "videoring.pipeline",
+    "PipelineConfig": "videoring.config",
+    "evaluate": "videoring.evaluate",
     "synthesize": "videoring.synth",
     "VideoError": "videoring.errors",
     "ConfigError": "videoring.errors",

@@ -3,6 +3,9 @@
     videoring info VIDEO... [--json]          what each file holds
     videoring features VIDEO -o OUT.safetensors [--nproc N] [-c CONFIG] [key=value ...]
     videoring synth OUT.mp4 --seed N --duration S [--size WxH] [--fps F] [--lossless] [--pan]
+    videoring analyze VIDEO... [-c CONFIG] [-o OUTDIR] [--nproc N] [key=value ...]
+    videoring train -c CONFIG [--resume] [key=value ...]
+    videoring eval PRED GT [--json]
 
 Errors print one line per failed file on stderr (``--debug`` shows the
 traceback) and make the exit code 2; the other files are still processed.
@@ -116,12 +119,13 @@ def _init_distributed() -> tuple[int, int]:
     return (dist.get_rank() if world > 1 else 0), world
 
 
-def cmd_features(args: argparse.Namespace) -> int:
+def _relaunch(args: argparse.Namespace) -> int | None:
+    """With --nproc N > 1 outside torchrun: the same command, without --nproc, on N ranks."""
     if args.nproc < 1:
         raise ConfigError(f"--nproc: got {args.nproc}; use 1 or more ranks")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         argv, skip = [], False
-        for a in args.argv:  # the same command, without --nproc, on every rank
+        for a in args.argv:
             if skip:
                 skip = False
             elif a == "--nproc":
@@ -129,6 +133,73 @@ def cmd_features(args: argparse.Namespace) -> int:
             elif not a.startswith("--nproc="):
                 argv.append(a)
         return _torchrun(args.nproc, argv)
+    return None
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    rc = _relaunch(args)
+    if rc is not None:
+        return rc
+    videos = expand_videos(args.videos)
+    if not videos:
+        raise ConfigError(f"analyze: no video files in {' '.join(args.videos)}")
+    from .pipeline import Pipeline
+    from .writers import write_outputs
+
+    rank, world = _init_distributed()
+    pipe = Pipeline.from_config(args.config or "default", overrides=args.overrides)
+    pipe.progress = rank == 0
+    if rank == 0 and pipe.model_meta == {} :
+        print("note: no trained action model (actions.model is null): actions come from an untrained head", file=sys.stderr)
+    failed = 0
+    for video in videos:
+        try:
+            res = pipe(video)
+            if rank == 0:
+                out = Path(args.output) / Path(video).stem
+                cfg = pipe.cfg
+                write_outputs(res, pipe.last_info, video, out, track_fps=cfg.track.fps, labels=cfg.actions.labels,
+                              csv=cfg.output.csv, annotate=cfg.output.annotate, timeline=cfg.output.timeline)
+                print(res.summary())
+                print(f"wrote {out}/")
+        except (VideoError, ConfigError) as e:
+            failed += 1
+            if rank == 0:
+                _report(e, args)
+            if world > 1:
+                raise  # ranks cannot skip a video independently: stop all
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 2 if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_train_config, train
+
+    cfg = load_train_config(args.config, args.overrides)
+    path = train(cfg, resume=args.resume)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_pairs
+
+    m = evaluate_pairs(args.pred, args.gt)
+    if args.json:
+        print(json.dumps(m, indent=1))
+    else:
+        for k, v in m.items():
+            print(f"{k:>28}: {v:.4f}" if isinstance(v, float) else f"{k:>28}: {v}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    rc = _relaunch(args)
+    if rc is not None:
+        return rc
     from safetensors.torch import save_file
 
     from .config import load_config
@@ -194,6 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value, e.g. sampling.fps=0.5")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_features)
+
+    p = sub.add_parser("analyze", help="tracks and actions of videos: results.json, CSVs, MOT, ActivityNet, annotated.mp4, timeline.png")
+    p.add_argument("videos", nargs="+", help="files, directories or globs (and key=value config overrides)")
+    p.add_argument("-c", "--config", help="YAML config or a name in configs/ (default: configs/default.yaml)")
+    p.add_argument("-o", "--output", default="out", help="output directory; each video writes OUTDIR/<stem>/")
+    p.add_argument("--nproc", type=int, default=1, help="ranks to split time across (starts torchrun)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_analyze, overrides=[])
+
+    p = sub.add_parser("train", help="train the action model on videos with ground truth (cached frozen features)")
+    p.add_argument("-c", "--config", required=True, help="YAML config with a train: section (configs/train_synth.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=10")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="metrics of predictions against ground truth (files or directories in the results schema)")
+    p.add_argument("pred", help="PRED.json or PRED_DIR")
+    p.add_argument("gt", help="GT.json or GT_DIR")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_eval)
     return ap
 
 
@@ -202,8 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come after options (--nproc 2 a.b=c): collect the leftovers
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "analyze":
+        # videos and key=value overrides share the positional list
+        ov = [v for v in args.videos if "=" in v and not Path(v).exists()]
+        args.videos = [v for v in args.videos if v not in ov]
+        args.overrides = ov
     if extra:
-        if getattr(args, "command", None) != "features" or not all("=" in e and not e.startswith("-") for e in extra):
+        if getattr(args, "command", None) not in ("features", "analyze", "train") or not all("=" in e and not e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     args.argv = argv

@@ -20,7 +20,10 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["EncoderConfig", "TemporalConfig", "SampleConfig", "FeaturesConfig", "load_config", "apply_overrides"]
+__all__ = [
+    "EncoderConfig", "TemporalConfig", "SampleConfig", "FeaturesConfig", "TrackConfig", "ActionConfig",
+    "OutputConfig", "PipelineConfig", "load_config", "apply_overrides",
+]
 
 TOKENS_PER_FRAME = (1, 5, 17, 0)
 
@@ -60,6 +63,9 @@ class TemporalConfig:
     """Ring placement: 'contiguous' or 'zigzag' (balances causal work)."""
     time_scale_s: float = 10000.0
     """Longest period of the sinusoidal time encoding, in seconds."""
+    window_s: float = 0.0
+    """0 = attend over the whole video. > 0: independent windows of this many seconds
+    (the local-attention ablation that shows what whole-video attention buys; one rank)."""
 
     def __post_init__(self) -> None:
         if self.dim < 8 or self.dim % self.heads:
@@ -68,6 +74,8 @@ class TemporalConfig:
             raise ConfigError(f"temporal.depth: got {self.depth!r}; use an integer >= 1")
         if self.layout not in ("contiguous", "zigzag"):
             raise ConfigError(f"temporal.layout: got {self.layout!r}; use 'contiguous' or 'zigzag'")
+        if not (self.window_s >= 0 and math.isfinite(self.window_s)):
+            raise ConfigError(f"temporal.window_s: got {self.window_s!r}; use 0 (whole video) or a positive number of seconds")
         if not (self.time_scale_s > 0 and math.isfinite(self.time_scale_s)):
             raise ConfigError(f"temporal.time_scale_s: got {self.time_scale_s!r}; use a positive number of seconds")
 
@@ -96,6 +104,100 @@ class FeaturesConfig:
     """Encoder outputs per video span; None disables the cache."""
     threads: int = 0
     """torch threads per process (0 = all cores / processes)."""
+
+
+TRACKERS = ("bytetrack", "botsort")
+DEFAULT_LABELS = ["idle", "walk", "run", "jump", "spin", "wave", "meet", "arrive", "return"]
+
+
+@dataclass
+class TrackConfig:
+    detector: str = "sample_data/detector_yolo26n.pt"
+    """Local YOLO26 weights (.pt, or an ONNX/OpenVINO export), a model .yaml (random init), or,
+    with allow_download=true, a name ultralytics fetches (e.g. yolo26n.pt)."""
+    allow_download: bool = False
+    tracker: str = "bytetrack"
+    """'bytetrack', 'botsort' (ultralytics' configs) or a path to a tracker .yaml."""
+    fps: float = 5.0
+    """Tracking rate; frames come from the same decode pass as the encoder's."""
+    imgsz: int = 256
+    conf: float = 0.25
+    iou: float = 0.7
+    batch: int = 16
+    """Frames per detector call."""
+    classes: list[int] | None = None
+    """Detector classes kept as actors (None = all)."""
+    overlap_s: float = 2.0
+    """Each time span is tracked from this many seconds earlier, to stitch IDs across spans."""
+    export: str = "none"
+    """'none' (PyTorch), 'onnx' or 'openvino': export the .pt once (cached beside it) and detect with that."""
+
+    def __post_init__(self) -> None:
+        if self.tracker not in TRACKERS and not self.tracker.endswith((".yaml", ".yml")):
+            raise ConfigError(f"track.tracker: got {self.tracker!r}; use 'bytetrack', 'botsort' or a tracker .yaml path")
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ConfigError(f"track.fps: got {self.fps!r}; use a positive number")
+        if not (32 <= self.imgsz <= 4096) or self.imgsz % 32:
+            raise ConfigError(f"track.imgsz: got {self.imgsz!r}; use a multiple of 32 from 32 to 4096")
+        if not (0 <= self.conf < 1):
+            raise ConfigError(f"track.conf: got {self.conf!r}; use 0 <= conf < 1")
+        if not (0 < self.iou <= 1):
+            raise ConfigError(f"track.iou: got {self.iou!r}; use 0 < iou <= 1")
+        if self.batch < 1:
+            raise ConfigError(f"track.batch: got {self.batch!r}; use an integer >= 1")
+        if not (0 <= self.overlap_s <= 60):
+            raise ConfigError(f"track.overlap_s: got {self.overlap_s!r}; use 0 to 60 seconds")
+        if self.export not in ("none", "onnx", "openvino"):
+            raise ConfigError(f"track.export: got {self.export!r}; use 'none', 'onnx' or 'openvino'")
+
+
+@dataclass
+class ActionConfig:
+    labels: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
+    """Action label set; per-actor and clip-level heads predict these."""
+    background: str = "idle"
+    """The label that is not an action instance (left out of segments)."""
+    model: str | None = "sample_data/actions_tiny.safetensors"
+    """Trained heads + fusion + temporal model (videoring train); None = random init (untrained)."""
+    max_actors: int = 6
+    """Actor tokens per time step (the most confident tracks at that time)."""
+    roi_size: int = 2
+    """RoIAlign output size on the patch grid (roi_size x roi_size cells per actor)."""
+    segment_threshold: float = 0.5
+    nms_iou: float = 0.5
+    min_track_s: float = 1.0
+    """Tracks shorter than this (seconds) are dropped as noise."""
+
+    def __post_init__(self) -> None:
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"actions.labels: got {self.labels!r}; use a non-empty list of distinct names")
+        if self.background not in self.labels:
+            raise ConfigError(f"actions.background: got {self.background!r}; use one of actions.labels")
+        if not (1 <= self.max_actors <= 64):
+            raise ConfigError(f"actions.max_actors: got {self.max_actors!r}; use 1 to 64")
+        if not (1 <= self.roi_size <= 7):
+            raise ConfigError(f"actions.roi_size: got {self.roi_size!r}; use 1 to 7")
+        for key in ("segment_threshold", "nms_iou"):
+            v = getattr(self, key)
+            if not (0 <= v <= 1):
+                raise ConfigError(f"actions.{key}: got {v!r}; use a number from 0 to 1")
+        if self.min_track_s < 0:
+            raise ConfigError(f"actions.min_track_s: got {self.min_track_s!r}; use seconds >= 0")
+
+
+@dataclass
+class OutputConfig:
+    annotate: bool = True
+    """Write annotated.mp4 (boxes, IDs, actions at the tracking rate)."""
+    timeline: bool = True
+    csv: bool = True
+
+
+@dataclass
+class PipelineConfig(FeaturesConfig):
+    track: TrackConfig = field(default_factory=TrackConfig)
+    actions: ActionConfig = field(default_factory=ActionConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -132,6 +234,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: got {value!r}; expected a number") from None
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r}; expected a list")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is str:
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{key}: got {value!r}; expected a string")

@@ -3,12 +3,16 @@
 One versioned JSON document per video::
 
     {
-      "schema_version": "1.0",
+      "schema_version": "1.1",
       "video": {"path", "duration_s", "fps", "frames", "width", "height"},
       "tracks": [{"id", "label", "boxes": [[t, x1, y1, x2, y2, conf], ...], "appearance"?}],
       "segments": [{"label", "start_s", "end_s", "score"}],
-      "track_actions": [{"track_id", "label", "start_s", "end_s", "score"}]
+      "track_actions": [{"track_id", "label", "start_s", "end_s", "score"}],
+      "clip_actions": [{"label", "score"}]
     }
+
+``clip_actions`` (added in 1.1; optional when reading) scores each label for the
+whole clip, best first; the ground truth lists the labels that occur (score 1).
 
 Times are seconds from the first frame; boxes are pixels in the displayed
 (rotated) frame. ``appearance`` (ground truth only) names the synthetic
@@ -24,9 +28,14 @@ from pathlib import Path
 
 from .io import atomic_write_text
 
-__all__ = ["SCHEMA_VERSION", "VideoMeta", "Track", "Segment", "TrackAction", "Results"]
+__all__ = ["SCHEMA_VERSION", "VideoMeta", "Track", "Segment", "TrackAction", "ClipAction", "Results", "json_schema"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+
+
+def json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) every results.json validates against."""
+    return json.loads((Path(__file__).parent / "results.schema.json").read_text())
 
 
 @dataclass
@@ -66,11 +75,18 @@ class TrackAction:
 
 
 @dataclass
+class ClipAction:
+    label: str
+    score: float = 1.0
+
+
+@dataclass
 class Results:
     video: VideoMeta
     tracks: list[Track] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
     track_actions: list[TrackAction] = field(default_factory=list)
+    clip_actions: list[ClipAction] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -84,6 +100,28 @@ class Results:
         """Write atomically (temp file + rename): never a half-written file."""
         return atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
+    def to_csv(self, directory: str | os.PathLike) -> list[Path]:
+        """tracks.csv (one row per box), segments.csv, track_actions.csv; each written atomically."""
+        import csv
+        import io
+
+        def table(header: list[str], rows) -> str:
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+            return buf.getvalue()
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tracks = table(["track_id", "label", "t", "x1", "y1", "x2", "y2", "conf"],
+                       ([t.id, t.label, *b] for t in self.tracks for b in t.boxes))
+        segs = table(["label", "start_s", "end_s", "score"], ([s.label, s.start_s, s.end_s, s.score] for s in self.segments))
+        acts = table(["track_id", "label", "start_s", "end_s", "score"],
+                     ([a.track_id, a.label, a.start_s, a.end_s, a.score] for a in self.track_actions))
+        return [atomic_write_text(d / name, text) for name, text in
+                (("tracks.csv", tracks), ("segments.csv", segs), ("track_actions.csv", acts))]
+
     @classmethod
     def from_dict(cls, d: dict) -> "Results":
         return cls(
@@ -91,6 +129,7 @@ class Results:
             tracks=[Track(**t) for t in d.get("tracks", [])],
             segments=[Segment(**s) for s in d.get("segments", [])],
             track_actions=[TrackAction(**a) for a in d.get("track_actions", [])],
+            clip_actions=[ClipAction(**c) for c in d.get("clip_actions", [])],
             schema_version=d.get("schema_version", SCHEMA_VERSION),
         )
 

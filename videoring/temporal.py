@@ -8,6 +8,12 @@ Tokens are laid out frame-major: token ``f * P + p``. Every attention layer is
 :func:`videoring.ring.ring_attention` over the rank's shard, so a W-rank run
 equals the single-process one; frame-causal masking uses ``causal_block=P``.
 
+Actor tokens (optional): per frame up to ``max_actors`` slots, each an actor's
+appearance (RoI features) and kinematics (:mod:`videoring.actors`) projected
+to ``dim``, with the actor token type and the frame's time encoding; absent
+actors are key-padded. A frame then has ``P + max_actors`` tokens, frame
+tokens first, and frame-causal masking uses ``causal_block = P + max_actors``.
+
 Output: every token's embedding and, per time step, the output of the frame's
 CLS slot.
 """
@@ -65,32 +71,49 @@ class Block(nn.Module):
 
 
 class TemporalModel(nn.Module):
-    def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int) -> None:
+    def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.P = tokens_per_frame
+        self.A = max_actors
         self.in_proj = nn.Linear(in_dim, cfg.dim)
+        if max_actors:
+            self.actor_proj = nn.Sequential(nn.LayerNorm(actor_dim), nn.Linear(actor_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.type_emb = nn.Embedding(2, cfg.dim)
         self.slot_emb = nn.Embedding(tokens_per_frame, cfg.dim)
         self.time_proj = nn.Linear(cfg.dim, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(self, tokens: Tensor, timestamps: Tensor, frame_mask: Tensor | None = None, group=None) -> tuple[Tensor, Tensor]:
-        """tokens (B, F, P, C), timestamps (B, F) seconds, frame_mask (B, F) True = real frame.
+    def forward(
+        self, tokens: Tensor, timestamps: Tensor, frame_mask: Tensor | None = None, group=None,
+        actors: Tensor | None = None, actor_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """tokens (B, F, P, C), timestamps (B, F) seconds, frame_mask (B, F) True = real frame;
+        actors (B, F, A, actor_dim) and actor_mask (B, F, A) True = an actor is there.
 
-        Returns (token outputs (B, F, P, dim), per-time-step outputs (B, F, dim)). F is this
-        rank's frame count, equal on every rank (pad the end, mask it).
+        Returns (token outputs (B, F, P [+ A], dim), per-time-step outputs (B, F, dim)). F is
+        this rank's frame count, equal on every rank (pad the end, mask it).
         """
         B, Fr, P, _ = tokens.shape
         if P != self.P:
             raise ValueError(f"expected {self.P} tokens per frame, got {P}")
         x = self.in_proj(tokens)
         x = x + self.slot_emb.weight[None, None] + self.type_emb.weight[TOKEN_FRAME]
+        if frame_mask is None:
+            frame_mask = torch.ones(B, Fr, dtype=torch.bool, device=tokens.device)
+        kpm = frame_mask.unsqueeze(2).expand(B, Fr, P)
+        if self.A:
+            if actors is None or actors.shape[2] != self.A:
+                raise ValueError(f"expected actor tokens of shape (B, F, {self.A}, D)")
+            a = self.actor_proj(actors) + self.type_emb.weight[TOKEN_ACTOR]
+            x = torch.cat([x, a], dim=2)
+            kpm = torch.cat([kpm, actor_mask & frame_mask.unsqueeze(2)], dim=2)
+        S = x.shape[2]
         x = x + self.time_proj(time_encoding(timestamps, self.cfg.dim, self.cfg.time_scale_s)).unsqueeze(2)
-        x = x.reshape(B, Fr * P, -1)
-        kpm = None if frame_mask is None else frame_mask.repeat_interleave(P, dim=1)
+        x = x.reshape(B, Fr * S, -1)
+        kpm = kpm.reshape(B, Fr * S)
         for blk in self.blocks:
-            x = blk(x, kpm, self.cfg.causal, P, self.cfg.layout, group)
-        x = self.norm(x).view(B, Fr, P, -1)
+            x = blk(x, kpm, self.cfg.causal, S, self.cfg.layout, group)
+        x = self.norm(x).view(B, Fr, S, -1)
         return x, x[:, :, 0]

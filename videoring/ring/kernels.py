@@ -193,18 +193,24 @@ def _self_check(kernel: BlockKernel, device: torch.device) -> bool:
     mask[3] = False  # an empty row
     plain = BlockKernel("plain")
     try:
-        for m, c in ((None, False), (None, True), (mask, False)):
-            o1, l1 = kernel.forward(q, k, v, m, c, 0.25)
-            o2, l2 = plain.forward(q, k, v, m, c, 0.25)
-            g1 = kernel.backward(do, q, k, v, o2, l2, m, c, 0.25)
-            g2 = plain.backward(do, q, k, v, o2, l2, m, c, 0.25)
-            if not torch.allclose(o1, o2, atol=1e-4) or not torch.allclose(l1, l2, atol=1e-4):
-                return False
-            if not all(torch.allclose(a.float(), b.float(), atol=1e-4) for a, b in zip(g1, g2)):
-                return False
-        return True
+        # the first call may come from inside an autocast region: check at the inputs' own precision
+        with torch.autocast(device.type, enabled=False):
+            return _compare(kernel, plain, q, k, v, do, mask)
     except (RuntimeError, NotImplementedError, AttributeError):
         return False
+
+
+def _compare(kernel, plain, q, k, v, do, mask) -> bool:
+    for m, c in ((None, False), (None, True), (mask, False)):
+        o1, l1 = kernel.forward(q, k, v, m, c, 0.25)
+        o2, l2 = plain.forward(q, k, v, m, c, 0.25)
+        g1 = kernel.backward(do, q, k, v, o2, l2, m, c, 0.25)
+        g2 = plain.backward(do, q, k, v, o2, l2, m, c, 0.25)
+        if not torch.allclose(o1, o2, atol=1e-4) or not torch.allclose(l1, l2, atol=1e-4):
+            return False
+        if not all(torch.allclose(a.float(), b.float(), atol=1e-4) for a, b in zip(g1, g2)):
+            return False
+    return True
 
 
 def get_kernel(device: torch.device) -> BlockKernel:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io import atomic_path
-from ..results import Results, Segment, Track, TrackAction, VideoMeta
+from ..results import ClipAction, Results, Segment, Track, TrackAction, VideoMeta
 from .render import Renderer
 from .scenario import ACTIONS, Scenario, make_scenario
 
@@ -96,7 +96,8 @@ def ground_truth(sc: Scenario, renderer: Renderer, video_path: str) -> Results:
             if label != "idle":
                 segs[(label, t0, t1)] = Segment(label, t0, t1, 1.0)  # a meet is one segment for both
     meta = VideoMeta(str(video_path), duration, sc.fps, n, W, H)
-    return Results(meta, tracks, sorted(segs.values(), key=lambda s: (s.start_s, s.label)), actions)
+    clip = [ClipAction(label) for label in sorted({a.label for a in actions})]
+    return Results(meta, tracks, sorted(segs.values(), key=lambda s: (s.start_s, s.label)), actions, clip)
 
 
 def synthesize(

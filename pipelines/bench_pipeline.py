@@ -1,0 +1,229 @@
+"""Whole-pipeline benchmark: an hour of video end to end, per stage, against the real alternatives.
+
+    python pipelines/bench_pipeline.py [--videos hour,720p] [--quick] [--nproc 2] [--write-docs]
+
+Videos (made once in .cache/videoring/bench): a 60-minute synthetic clip at
+320x240 10 fps and a 10-minute one at 1280x720 30 fps (--quick: 3 and 1
+minutes). Each row runs in its own process (peak RSS is per row):
+
+- ``videoring``: the default CPU config end to end (tracking 5 fps, ViT-Tiny 1 fps,
+  temporal model, heads) plus the writers without annotated.mp4; per-stage
+  seconds from the pipeline's own clock (decode = time waiting for frames);
+- ``decode alone``: the same single pass over the union of tracker + encoder frames;
+- ``track alone`` / ``encode alone``: that pass plus only the tracker / the encoder;
+- ``ffmpeg -f null``: the decode floor (FFmpeg CLI decoding every frame, all threads);
+- ``yolo track``: the ultralytics CLI alone, same detector, imgsz, tracker and rate
+  (``vid_stride``);
+- ``timm fp32``: timm eager fp32 on the encoder's frames (the encoder's alternative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VIDEOS = {"hour": (3600.0, 10.0, (320, 240), 42), "720p": (600.0, 30.0, (1280, 720), 43)}
+QUICK = {"hour": (180.0, 10.0, (320, 240), 42), "720p": (60.0, 30.0, (1280, 720), 43)}
+
+
+def ensure(name: str, quick: bool) -> Path:
+    from videoring.synth import synthesize
+
+    dur, fps, size, seed = (QUICK if quick else VIDEOS)[name]
+    path = ROOT / ".cache" / "videoring" / "bench" / f"{name}{'_quick' if quick else ''}.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        synthesize(path, seed=seed, duration_s=dur, fps=fps, size=size)
+        print(f"made {path.name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------ rows (each in a child process)
+def row_videoring(video: str, overrides: list[str]) -> dict:
+    from videoring.pipeline import Pipeline
+    from videoring.writers import write_outputs
+
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_config("default", overrides=overrides)
+    load = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = pipe(video)
+    run = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    out = ROOT / ".cache" / "videoring" / "bench" / "out"
+    write_outputs(res, pipe.last_info, video, out / Path(video).stem, track_fps=pipe.cfg.track.fps,
+                  labels=pipe.cfg.actions.labels, annotate=False)
+    writers = time.perf_counter() - t2
+    st = {k: round(v, 2) for k, v in pipe.timings.items()}
+    return {"wall_s": round(load + run + writers, 2), "load_s": round(load, 2), "writers_s": round(writers, 2),
+            "stages": st, "tracks": len(res.tracks), "rss_mib": round(_rss_mib())}
+
+
+def _plan(video: str, which: str):
+    import numpy as np
+
+    from videoring.config import PipelineConfig, load_config
+    from videoring.pipeline import CONFIG_DIR
+    from videoring.sampling import Sampling, SamplingPlan, select_indices
+    from videoring.videoinfo import probe
+
+    cfg = load_config(CONFIG_DIR / "default.yaml", cls=PipelineConfig)
+    info = probe(video)
+    enc = select_indices(info.timestamps, Sampling(fps=cfg.sampling.fps))
+    trk = select_indices(info.timestamps, Sampling(fps=cfg.track.fps))
+    idx = {"union": np.union1d(enc, trk), "track": trk, "encode": enc}[which]
+    return cfg, info, SamplingPlan(idx, {"track": np.isin(idx, trk), "encode": np.isin(idx, enc)})
+
+
+def row_decode(video: str, which: str = "union") -> dict:
+    from videoring.source import VideoSource
+
+    cfg, info, plan = _plan(video, which)
+    t0 = time.perf_counter()
+    n = sum(len(c.indices) for c in VideoSource(video, info=info).read_plan(plan, chunk_size=cfg.sampling.chunk_size))
+    return {"wall_s": round(time.perf_counter() - t0, 2), "frames": n, "rss_mib": round(_rss_mib())}
+
+
+def row_track(video: str, overrides: list[str]) -> dict:
+    from videoring.config import PipelineConfig, load_config
+    from videoring.pipeline import CONFIG_DIR, StageClock, prefetch
+    from videoring.source import VideoSource
+    from videoring.tracking import Tracker
+
+    _, info, plan = _plan(video, "track")
+    cfg = load_config(CONFIG_DIR / "default.yaml", overrides, cls=PipelineConfig)
+    tr = Tracker(cfg.track)
+    tr.reset()
+    clock = StageClock()
+    t0 = time.perf_counter()
+    for c in prefetch(VideoSource(video, info=info).read_plan(plan, chunk_size=cfg.sampling.chunk_size), clock):
+        with clock("track"):
+            tr.update(c.images, c.timestamps)
+    return {"wall_s": round(time.perf_counter() - t0, 2), "stages": {k: round(v, 2) for k, v in clock.items()},
+            "rss_mib": round(_rss_mib())}
+
+
+def row_encode(video: str, fp32_timm: bool = False) -> dict:
+    import torch
+
+    from videoring.encoder import FrameEncoder
+    from videoring.pipeline import StageClock, prefetch
+    from videoring.source import VideoSource
+
+    cfg, info, plan = _plan(video, "encode")
+    enc_cfg = cfg.encoder
+    if fp32_timm:
+        enc_cfg.precision = "fp32"
+    enc = FrameEncoder(enc_cfg)
+    clock = StageClock()
+    t0 = time.perf_counter()
+    for c in prefetch(VideoSource(video, info=info).read_plan(plan, chunk_size=cfg.sampling.chunk_size), clock):
+        with clock("encode"):
+            if fp32_timm:  # plain timm eager fp32 on the same preprocessed frames
+                with torch.inference_mode():
+                    enc.model.forward_features(enc.preprocess(c.images))
+            else:
+                enc(c.images)
+    return {"wall_s": round(time.perf_counter() - t0, 2), "stages": {k: round(v, 2) for k, v in clock.items()},
+            "rss_mib": round(_rss_mib())}
+
+
+ROWS = {"videoring": row_videoring, "decode": row_decode, "track": row_track, "encode": row_encode}
+
+
+def child(spec: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def external(cmd: list[str], env: dict | None = None) -> dict:
+    """Wall time and peak RSS (from wait4's rusage) of another program."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    err = p.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        return {"error": (err.strip().splitlines() or ["?"])[-1][:200], "wall_s": round(wall, 2)}
+    return {"wall_s": round(wall, 2), "rss_mib": round(usage.ru_maxrss / 1024)}
+
+
+def yolo_track(video: Path, fps: float) -> dict:
+    from videoring.pipeline import CONFIG_DIR
+    from videoring.config import PipelineConfig, load_config
+    from videoring.yolo import _offline_env
+
+    cfg = load_config(CONFIG_DIR / "default.yaml", cls=PipelineConfig)
+    _offline_env(False)
+    stride = max(1, round(fps / cfg.track.fps))
+    yolo = Path(sys.executable).with_name("yolo")
+    out = ROOT / ".cache" / "videoring" / "bench" / "yolo_runs"
+    return external([str(yolo), "track", f"model={ROOT / cfg.track.detector}", f"source={video}", f"imgsz={cfg.track.imgsz}",
+                     f"vid_stride={stride}", "tracker=bytetrack.yaml", "save=False", "verbose=False", "device=cpu",
+                     f"project={out}", "exist_ok=True", f"conf={cfg.track.conf}"], env=dict(os.environ))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", default="hour,720p")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rows", default="videoring,decode,track,encode,timm,ffmpeg,yolo")
+    ap.add_argument("--out", default="out/bench_pipeline.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help="config overrides for the videoring rows (track.export=openvino ...)")
+    args = ap.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        fn = ROWS[spec.pop("row")]
+        print(json.dumps(fn(**spec)))
+        return
+
+    from videoring.videoinfo import probe
+
+    rows = args.rows.split(",")
+    report = {}
+    for name in args.videos.split(","):
+        video = ensure(name, args.quick)
+        info = probe(str(video))
+        r: dict = {"video_s": info.duration_s, "size": f"{info.width}x{info.height}", "fps": info.fps}
+        if "videoring" in rows:
+            r["videoring"] = child({"row": "videoring", "video": str(video), "overrides": args.overrides})
+        if "decode" in rows:
+            r["decode alone"] = child({"row": "decode", "video": str(video)})
+        if "track" in rows:
+            r["track alone"] = child({"row": "track", "video": str(video), "overrides": args.overrides})
+        if "encode" in rows:
+            r["encode alone"] = child({"row": "encode", "video": str(video)})
+        if "timm" in rows:
+            r["timm fp32 alone"] = child({"row": "encode", "video": str(video), "fp32_timm": True})
+        if "ffmpeg" in rows:
+            import imageio_ffmpeg
+
+            r["ffmpeg -f null"] = external([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video), "-f", "null", "-"])
+        if "yolo" in rows:
+            r["yolo track"] = yolo_track(video, info.fps)
+        report[name] = r
+        print(json.dumps({name: r}), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

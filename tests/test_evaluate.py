@@ -1,0 +1,86 @@
+"""Metrics on small hand-computed fixtures, and `videoring eval` on files and directories."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from videoring.evaluate import average_precision, evaluate, segment_ap
+from videoring.results import ClipAction, Results, Segment, Track, TrackAction, VideoMeta
+
+
+def _res(tracks=(), segments=(), actions=(), clip=(), fps=5.0, dur=2.0) -> Results:
+    return Results(VideoMeta("v.mp4", dur, fps, int(dur * fps), 100, 100), list(tracks), list(segments), list(actions), list(clip))
+
+
+def test_average_precision_by_hand():
+    # precisions 1, 1/2, 2/3 at recalls 1/2, 1/2, 1 -> interpolated: 1 up to recall 1/2, then 2/3
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1]), 2) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert average_precision(np.array([0.9]), np.array([0]), 1) == 0.0
+
+
+def test_segment_ap_thresholds_by_hand():
+    gt = [(0, 0.0, 10.0)]
+    assert segment_ap([(0, 5.0, 15.0, 0.9)], gt, 0.3) == 1.0  # tIoU 5/15 = 0.33
+    assert segment_ap([(0, 5.0, 15.0, 0.9)], gt, 0.5) == 0.0
+    # a duplicate is a false positive after the ground truth is used: AP stays 1 (it ranks below)
+    assert segment_ap([(0, 0.0, 10.0, 0.9), (0, 1.0, 9.0, 0.8)], gt, 0.5) == 1.0
+    # ranked above the true one, the duplicate halves precision at recall 1
+    assert segment_ap([(0, 0.0, 10.0, 0.5), (1, 0.0, 10.0, 0.8)], gt, 0.5) == pytest.approx(0.5)
+
+
+def test_identity_switch_by_hand():
+    """One actor over 10 frames; the prediction switches ID half-way: MOTA 0.9, IDF1 0.5 (TrackEval)."""
+    boxes = [[i / 5, 10, 10, 30, 30, 1.0] for i in range(10)]
+    gt = _res([Track(1, "actor", boxes)])
+    pred = _res([Track(7, "actor", boxes[:5]), Track(8, "actor", boxes[5:])])
+    m = evaluate([(pred, gt)])
+    assert m["MOTA"] == pytest.approx(0.9)
+    assert m["IDF1"] == pytest.approx(0.5)
+    assert evaluate([(gt, gt)])["HOTA"] == pytest.approx(1.0)
+
+
+def test_frame_map_and_return_arrive_by_hand():
+    boxes = [[i / 5, 10, 10, 30, 30, 1.0] for i in range(10)]
+    gt = _res([Track(1, "actor", boxes)], actions=[TrackAction(1, "arrive", 0.0, 1.0), TrackAction(1, "walk", 1.0, 2.0)])
+    right = _res([Track(3, "actor", boxes)], actions=[TrackAction(3, "arrive", 0.0, 1.0, 0.9), TrackAction(3, "walk", 1.0, 2.0, 0.8)])
+    wrong = _res([Track(3, "actor", boxes)], actions=[TrackAction(3, "return", 0.0, 1.0, 0.9), TrackAction(3, "walk", 1.0, 2.0, 0.8)])
+    assert evaluate([(right, gt)])["return_arrive_accuracy"] == 1.0
+    assert evaluate([(wrong, gt)])["return_arrive_accuracy"] == 0.0
+    # keyframes at t=0 (arrive) and t=1 (walk): both right -> 1; the wrong one misses "arrive" -> mean(0, 1)
+    assert evaluate([(right, gt)])["track_action_frame_mAP@0.5"] == 1.0
+    assert evaluate([(wrong, gt)])["track_action_frame_mAP@0.5"] == pytest.approx(0.5)
+
+
+def test_clip_top_k_by_hand():
+    gt = _res(clip=[ClipAction("jump"), ClipAction("walk")])
+    pred = _res(clip=[ClipAction("run", 0.9), ClipAction("walk", 0.8), ClipAction("idle", 0.1)])
+    m = evaluate([(pred, gt)])
+    assert (m["clip_top1"], m["clip_top5"]) == (0.0, 1.0)
+
+
+def test_eval_cli_files_and_directories(tmp_path):
+    boxes = [[i / 5, 10, 10, 30, 30, 1.0] for i in range(10)]
+    gt = _res([Track(1, "actor", boxes)], [Segment("walk", 0.0, 2.0)], [TrackAction(1, "walk", 0.0, 2.0)])
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred" / "a").mkdir(parents=True)
+    gt.to_json(tmp_path / "gt" / "a.json")
+    gt.to_json(tmp_path / "pred" / "a" / "results.json")  # the layout `videoring analyze -o` writes
+    (tmp_path / "pred" / "notes.txt").write_text("ignored")
+    for args in ((str(tmp_path / "gt" / "a.json"), str(tmp_path / "gt" / "a.json")), (str(tmp_path / "pred"), str(tmp_path / "gt"))):
+        r = subprocess.run([sys.executable, "-m", "videoring.cli", "eval", *args, "--json"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        m = json.loads(r.stdout)
+        for key in ("clip_top1", "clip_top5", "segment_mAP@0.5", "segment_mAP_thumos", "segment_mAP_anet",
+                    "track_action_frame_mAP@0.5", "HOTA", "IDF1", "MOTA", "return_arrive_accuracy"):
+            assert key in m
+        assert m["IDF1"] == 1.0 and m["segment_mAP@0.5"] == 1.0
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"video\": 3}")
+    r = subprocess.run([sys.executable, "-m", "videoring.cli", "eval", str(bad), str(tmp_path / "gt" / "a.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "bad.json" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,105 @@
+"""Tracking pieces: ID stitching across spans, offline-safe ultralytics, refusing pickled code, configs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from videoring.errors import ConfigError
+from videoring.tracking import stitch
+
+
+def _rows(tid, t0, t1, x0, vx, step=0.2):
+    ts = np.arange(t0, t1 - 1e-9, step)
+    return np.array([[t, tid, x0 + vx * (t - t0), 50, x0 + vx * (t - t0) + 20, 90, 0.9, 0] for t in ts])
+
+
+def test_stitch_keeps_one_id_across_a_border():
+    # span A owns [0, 10); span B owns [10, 20) and tracks from 8 s (2 s overlap).
+    # Actor 1 crosses the border (local IDs 3 in A, 1 in B); actor 2 exists only in B; actor 5 only in A.
+    a = np.concatenate([_rows(3, 2.0, 10.0, 0, 10), _rows(5, 0.0, 4.0, 200, 0)])
+    b = np.concatenate([_rows(1, 8.0, 16.0, 60, 10), _rows(2, 12.0, 18.0, 150, -5)])
+    rows, maps = stitch([(0.0, a), (10.0, b)])
+    assert maps[1][1] == maps[0][3]  # the crossing actor keeps its global ID
+    assert len({maps[0][3], maps[0][5], maps[1][2]}) == 3
+    assert rows[:, 0].min() == 0.0 and not np.any((rows[:, 0] >= 8) & (rows[:, 0] < 10) & (rows[:, 1] == maps[1][2]))
+    # every time is owned once: no duplicate (t, id) rows from the overlap
+    keys = {(round(t, 6), int(i)) for t, i in rows[:, :2]}
+    assert len(keys) == len(rows)
+
+
+def test_stitch_does_not_join_different_actors():
+    a = _rows(1, 0.0, 10.0, 0, 0)
+    b = _rows(1, 8.0, 16.0, 200, 0)  # elsewhere in the frame: a different actor
+    _, maps = stitch([(0.0, a), (10.0, b)])
+    assert maps[0][1] != maps[1][1]
+
+
+def test_ultralytics_import_is_offline_and_keeps_threads(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
+    torch.set_num_threads(2)
+    from videoring.yolo import import_ultralytics
+
+    import_ultralytics()
+    assert os.environ["YOLO_OFFLINE"] == "1" and os.environ["YOLO_AUTOINSTALL"] == "false"
+    assert (tmp_path / "yolo" / "Arial.ttf").stat().st_size > 100_000  # a real font: nothing to download
+    assert torch.get_num_threads() == 2
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_detector_checkpoint_is_refused(tmp_path):
+    from videoring.checkpoint import check_yolo_checkpoint
+    from videoring.yolo import load_detector
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Evil()}, evil)  # a zip with a pickle that would call os.system
+    with pytest.raises(ConfigError, match="refused"):
+        check_yolo_checkpoint(evil)
+    with pytest.raises(ConfigError, match="refused"):
+        load_detector(str(evil))
+    # the same for protocol-4 pickles (STACK_GLOBAL) inside the archive
+    evil4 = tmp_path / "evil4.pt"
+    with zipfile.ZipFile(evil4, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(_Evil(), protocol=4))
+    with pytest.raises(ConfigError, match="posix.system|os.system"):
+        check_yolo_checkpoint(evil4)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="junk.pt"):
+        check_yolo_checkpoint(junk)
+
+
+def test_shipped_detector_passes_the_check():
+    from videoring.checkpoint import check_yolo_checkpoint
+    from videoring.tracking import _resolve_detector
+    from videoring.config import TrackConfig
+
+    check_yolo_checkpoint(_resolve_detector(TrackConfig()))
+
+
+def test_named_model_needs_opt_in():
+    from videoring.yolo import load_detector
+
+    with pytest.raises(ConfigError, match="allow_download"):
+        load_detector("yolo26n.pt")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("track.fps=0", "track.fps"), ("track.tracker=sort", "track.tracker"), ("track.imgsz=100", "track.imgsz"),
+    ("actions.max_actors=0", "actions.max_actors"), ("actions.background=sit", "actions.background"),
+    ("actions.labels=[a, a]", "actions.labels"), ("track.bogus=1", "track.bogus"), ("track.conf=high", "track.conf"),
+])
+def test_pipeline_config_errors_name_the_key(override, key):
+    from videoring.config import PipelineConfig, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override], cls=PipelineConfig)

@@ -1,0 +1,186 @@
+"""Action model (temporal model over frame + actor tokens, and three heads) and decoding.
+
+Heads, on the temporal model's outputs:
+
+- clip: masked mean of the per-time-step outputs over the whole video (summed
+  across ranks) -> multi-label logits: which actions happen in the clip;
+- dense: per time step -> multi-label logits: which actions are going on;
+- actor: per actor token -> one label per actor and time step (the phases of
+  an actor never overlap).
+
+Decoding (:func:`decode`): per track, runs of the same arg-max label become
+``track_actions`` (boundaries half-way between time steps); every non-background
+run becomes a clip-level segment scored by the actor and dense heads together;
+temporal NMS merges duplicates (both actors of a ``meet``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch import Tensor
+
+from .actors import KIN_DIM
+from .config import ActionConfig, PipelineConfig
+from .errors import ConfigError
+from .results import Segment, TrackAction
+from .ring.comm import world_of
+from .temporal import TemporalModel
+
+__all__ = ["ActionModel", "ActionOutputs", "decode", "temporal_nms", "save_model", "load_model"]
+
+
+@dataclass
+class ActionOutputs:
+    clip: Tensor
+    """(B, L) clip logits (identical on every rank)."""
+    dense: Tensor
+    """(B, F, L) per-time-step logits."""
+    actor: Tensor
+    """(B, F, A, L) per-actor logits."""
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward passes the gradient straight through.
+
+    Every rank computes the same clip loss on the same summed value, so the
+    gradient of that (replicated) loss w.r.t. this rank's addend is exactly the
+    incoming gradient: no communication in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        y = x.clone()
+        dist.all_reduce(y, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g, None
+
+
+class ActionModel(nn.Module):
+    def __init__(self, cfg: PipelineConfig, enc_dim: int, tokens_per_frame: int) -> None:
+        super().__init__()
+        a = cfg.actions
+        self.labels = list(a.labels)
+        L = len(self.labels)
+        actor_dim = enc_dim * a.roi_size * a.roi_size + KIN_DIM
+        self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors)
+        d = cfg.temporal.dim
+        self.clip_head = nn.Linear(d, L)
+        self.dense_head = nn.Linear(d, L)
+        self.actor_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, L))
+
+    def forward(self, tokens, timestamps, frame_mask, actors, actor_mask, group=None) -> ActionOutputs:
+        x, per_step = self.temporal(tokens, timestamps, frame_mask, group, actors, actor_mask)
+        P = self.temporal.P
+        m = frame_mask.unsqueeze(-1).to(per_step.dtype)
+        num, den = (per_step * m).sum(1), m.sum(1)
+        _, world = world_of(group)
+        if world > 1:
+            num = _SumAcrossRanks.apply(num, group)
+            den = _SumAcrossRanks.apply(den, group)
+        clip = self.clip_head(num / den.clamp_min(1))
+        return ActionOutputs(clip, self.dense_head(per_step), self.actor_head(x[:, :, P:]))
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_model(model: ActionModel, path: str | Path, meta: dict) -> None:
+    """safetensors weights + the config and label map in its metadata (no pickle)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"videoring": json.dumps(meta)})
+
+
+def load_model(model: ActionModel, path: str | Path) -> dict:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"actions.model: {p} not found; train one (videoring train) or set actions.model=null")
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("videoring", "{}"))
+        sd = load_file(str(p))
+    except Exception as e:
+        raise ConfigError(f"actions.model: {p} is not a videoring safetensors checkpoint ({type(e).__name__})") from None
+    if meta.get("labels") and meta["labels"] != model.labels:
+        raise ConfigError(f"actions.model: {p} was trained for labels {meta['labels']}, the config has {model.labels}")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"actions.model: {p} does not fit this config (missing {missing[:2]}, unexpected {unexpected[:2]}); "
+                          "use the config it was trained with")
+    return meta
+
+
+# ---------------------------------------------------------------- decoding
+def _tiou(a: Segment, b: Segment) -> float:
+    inter = max(0.0, min(a.end_s, b.end_s) - max(a.start_s, b.start_s))
+    union = max(a.end_s, b.end_s) - min(a.start_s, b.start_s)
+    return inter / union if union > 0 else 0.0
+
+
+def temporal_nms(segs: list[Segment], iou: float) -> list[Segment]:
+    """Per label, keep the best-scoring segment of each group overlapping by tIoU > ``iou``."""
+    kept: list[Segment] = []
+    for s in sorted(segs, key=lambda s: -s.score):
+        if all(k.label != s.label or _tiou(k, s) <= iou for k in kept):
+            kept.append(s)
+    return sorted(kept, key=lambda s: (s.start_s, s.label))
+
+
+def decode(
+    cfg: ActionConfig,
+    step_times: np.ndarray,
+    dense_prob: np.ndarray,
+    actor_obs: list[tuple[int, float, np.ndarray]],
+    track_span: dict[int, tuple[float, float]],
+) -> tuple[list[TrackAction], list[Segment]]:
+    """Per-track actions and clip segments.
+
+    step_times (T,) and dense_prob (T, L): the dense head over the whole video;
+    actor_obs: (global track id, time, label probabilities) per actor token;
+    track_span: track id -> (first, last) time it was tracked.
+    """
+    labels = cfg.labels
+    by_track: dict[int, list[tuple[float, np.ndarray]]] = {}
+    for tid, t, p in actor_obs:
+        by_track.setdefault(tid, []).append((t, p))
+    actions: list[TrackAction] = []
+    segs: list[Segment] = []
+    for tid, obs in sorted(by_track.items()):
+        obs.sort(key=lambda o: o[0])
+        ts = np.array([o[0] for o in obs])
+        probs = np.stack([o[1] for o in obs])
+        lab = probs.argmax(1)
+        t_first, t_last = track_span.get(tid, (ts[0], ts[-1]))
+        bounds = np.concatenate([[min(t_first, ts[0])], (ts[1:] + ts[:-1]) / 2, [max(t_last, ts[-1])]])
+        s = 0
+        for e in range(1, len(ts) + 1):
+            if e < len(ts) and lab[e] == lab[s]:
+                continue
+            li = int(lab[s])
+            score = float(probs[s:e, li].mean())
+            t0, t1 = float(bounds[s]), float(bounds[e])
+            actions.append(TrackAction(tid, labels[li], round(t0, 3), round(t1, 3), round(score, 4)))
+            if labels[li] != cfg.background:
+                m = (step_times >= t0) & (step_times <= t1)
+                dense = float(dense_prob[m, li].mean()) if m.any() else score
+                segs.append(Segment(labels[li], round(t0, 3), round(t1, 3), round((score + dense) / 2, 4)))
+            s = e
+    return actions, temporal_nms(segs, cfg.nms_iou)

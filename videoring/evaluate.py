@@ -1,0 +1,291 @@
+"""Metrics of predicted results against ground truth (both in the results schema).
+
+    videoring eval PRED.json GT.json [--json]      (or PRED_DIR GT_DIR: x.json paired with x.json)
+
+Keys of the ``--json`` output:
+
+- ``clip_top1``, ``clip_top5``: the best (best five) ``clip_actions`` label(s) include a
+  label that occurs in the ground truth clip;
+- ``segment_mAP@0.5``, ``segment_mAP_thumos`` (mean over tIoU 0.3:0.1:0.7),
+  ``segment_mAP_anet`` (0.5:0.05:0.95): ActivityNet-style AP per label (greedy
+  matching by score, interpolated precision), averaged over labels with ground truth;
+- ``track_action_frame_mAP@0.5``: AVA-style, at 1 Hz keyframes: each predicted box
+  carries its track's current action and score and is a true positive when it
+  overlaps (IoU >= 0.5) a ground-truth box with that action;
+- ``HOTA``, ``IDF1``, ``MOTA``: TrackEval (HOTA, Identity, CLEAR) on the frames of the
+  ground truth at the evaluation rate (5 Hz);
+- ``return_arrive_accuracy``: for every ground-truth ``arrive``/``return``, the matching
+  predicted track's label over that interval (whichever of the two covers more of it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .results import Results
+from .tracking import box_iou
+
+__all__ = ["evaluate", "evaluate_pairs", "segment_ap", "average_precision"]
+
+THUMOS = (0.3, 0.4, 0.5, 0.6, 0.7)
+ANET = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
+EVAL_HZ = 5.0
+
+
+def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
+    """Area under the interpolated precision-recall curve (the ActivityNet / VOC definition)."""
+    if n_gt == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    tp = np.asarray(tp, dtype=float)[order]
+    ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
+    rec = ctp / n_gt
+    prec = ctp / np.maximum(ctp + cfp, 1e-12)
+    mprec = np.concatenate([[0], prec, [0]])
+    mrec = np.concatenate([[0], rec, [1]])
+    for i in range(len(mprec) - 2, -1, -1):
+        mprec[i] = max(mprec[i], mprec[i + 1])
+    idx = np.nonzero(mrec[1:] != mrec[:-1])[0] + 1
+    return float(np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx]))
+
+
+def _tiou(s: tuple[float, float], g: np.ndarray) -> np.ndarray:
+    inter = np.clip(np.minimum(s[1], g[:, 1]) - np.maximum(s[0], g[:, 0]), 0, None)
+    union = np.maximum(s[1], g[:, 1]) - np.minimum(s[0], g[:, 0])
+    return inter / np.maximum(union, 1e-9)
+
+
+def segment_ap(preds: list[tuple[int, float, float, float]], gts: list[tuple[int, float, float]], thr: float) -> float:
+    """AP of one label. preds: (video, start, end, score); gts: (video, start, end)."""
+    gt_by_v: dict[int, np.ndarray] = {}
+    for v, s, e in gts:
+        gt_by_v.setdefault(v, []).append((s, e))  # type: ignore[arg-type]
+    gt_by_v = {v: np.asarray(x, dtype=float) for v, x in gt_by_v.items()}
+    used = {v: np.zeros(len(x), bool) for v, x in gt_by_v.items()}
+    scores, tp = [], []
+    for v, s, e, sc in sorted(preds, key=lambda p: -p[3]):
+        scores.append(sc)
+        g = gt_by_v.get(v)
+        hit = 0
+        if g is not None and len(g):
+            ious = _tiou((s, e), g)
+            ious[used[v]] = -1
+            k = int(np.argmax(ious))
+            if ious[k] >= thr:
+                used[v][k] = True
+                hit = 1
+        tp.append(hit)
+    return average_precision(np.array(scores), np.array(tp), len(gts))
+
+
+def _mean(x: list[float]) -> float:
+    x = [v for v in x if v == v]
+    return float(np.mean(x)) if x else float("nan")
+
+
+def _segment_metrics(pairs: list[tuple[Results, Results]], background: str) -> dict[str, float]:
+    labels = sorted({s.label for _, g in pairs for s in g.segments} - {background})
+    out = {}
+    for name, thrs in (("segment_mAP@0.5", (0.5,)), ("segment_mAP_thumos", THUMOS), ("segment_mAP_anet", ANET)):
+        per_thr = []
+        for thr in thrs:
+            aps = []
+            for lab in labels:
+                preds = [(i, s.start_s, s.end_s, s.score) for i, (p, _) in enumerate(pairs) for s in p.segments if s.label == lab]
+                gts = [(i, s.start_s, s.end_s) for i, (_, g) in enumerate(pairs) for s in g.segments if s.label == lab]
+                aps.append(segment_ap(preds, gts, thr))
+            per_thr.append(_mean(aps))
+        out[name] = _mean(per_thr)
+    return out
+
+
+def _boxes_at(res: Results, t: float, tol: float) -> list[tuple[int, np.ndarray, float]]:
+    out = []
+    for tr in res.tracks:
+        b = np.asarray(tr.boxes, dtype=float)
+        if not len(b) or t < b[0, 0] - tol or t > b[-1, 0] + tol:
+            continue
+        i = int(np.argmin(np.abs(b[:, 0] - t)))
+        if abs(b[i, 0] - t) <= tol:
+            out.append((tr.id, b[i, 1:5], float(b[i, 5])))
+    return out
+
+
+def _action_at(res: Results, tid: int, t: float):
+    for a in res.track_actions:
+        if a.track_id == tid and a.start_s <= t < a.end_s:
+            return a
+    return None
+
+
+def _frame_map(pairs: list[tuple[Results, Results]], tol: float) -> float:
+    labels = sorted({a.label for _, g in pairs for a in g.track_actions})
+    dets: dict[str, list] = {lab: [] for lab in labels}
+    n_gt = {lab: 0 for lab in labels}
+    for pred, gt in pairs:
+        for t in np.arange(0.0, gt.video.duration_s, 1.0):
+            g = [(box, a.label) for tid, box, _ in _boxes_at(gt, t, 1e-3) if (a := _action_at(gt, tid, t))]
+            for _, lab in g:
+                n_gt[lab] += 1
+            used = np.zeros(len(g), bool)
+            cands = []
+            for tid, box, _ in _boxes_at(pred, t, tol):
+                a = _action_at(pred, tid, t)
+                if a is not None and a.label in dets:
+                    cands.append((a.score, a.label, box))
+            for score, lab, box in sorted(cands, key=lambda c: -c[0]):
+                hit = 0
+                idx = [k for k, (_, gl) in enumerate(g) if gl == lab and not used[k]]
+                if idx:
+                    ious = box_iou(box[None], np.stack([g[k][0] for k in idx]))[0]
+                    j = int(np.argmax(ious))
+                    if ious[j] >= 0.5:
+                        used[idx[j]] = True
+                        hit = 1
+                dets[lab].append((score, hit))
+    aps = [average_precision(np.array([d[0] for d in dets[lab]]), np.array([d[1] for d in dets[lab]]), n_gt[lab])
+           for lab in labels if n_gt[lab]]
+    return _mean(aps)
+
+
+def _tracking(pairs: list[tuple[Results, Results]], tol: float) -> dict[str, float]:
+    from trackeval.metrics import CLEAR, HOTA, Identity
+
+    metrics = [HOTA(), CLEAR({"PRINT_CONFIG": False}), Identity({"PRINT_CONFIG": False})]
+    per_seq = {type(m).__name__: [] for m in metrics}
+    for pred, gt in pairs:
+        times = sorted({round(b[0], 6) for t in gt.tracks for b in t.boxes})
+        grid = np.asarray(times)
+        if len(grid):
+            step = 1.0 / EVAL_HZ
+            keep = np.unique(np.searchsorted(grid, np.arange(0, grid[-1] + 1e-9, step) - 1e-6))
+            grid = grid[keep[keep < len(grid)]]
+        gid = {t.id: i for i, t in enumerate(gt.tracks)}
+        pid = {t.id: i for i, t in enumerate(pred.tracks)}
+        data = {"num_timesteps": len(grid), "num_gt_ids": len(gid), "num_tracker_ids": len(pid),
+                "gt_ids": [], "tracker_ids": [], "similarity_scores": [], "num_gt_dets": 0, "num_tracker_dets": 0}
+        for t in grid:
+            g = _boxes_at(gt, t, 1e-3)
+            p = _boxes_at(pred, t, tol)
+            data["gt_ids"].append(np.array([gid[i] for i, _, _ in g], dtype=int))
+            data["tracker_ids"].append(np.array([pid[i] for i, _, _ in p], dtype=int))
+            sim = box_iou(np.stack([b for _, b, _ in g]), np.stack([b for _, b, _ in p])) if g and p else np.zeros((len(g), len(p)))
+            data["similarity_scores"].append(sim)
+            data["num_gt_dets"] += len(g)
+            data["num_tracker_dets"] += len(p)
+        for m in metrics:
+            per_seq[type(m).__name__].append(m.eval_sequence(data))
+    out = {}
+    for m in metrics:
+        name = type(m).__name__
+        comb = m.combine_sequences({str(i): r for i, r in enumerate(per_seq[name])})
+        if name == "HOTA":
+            out["HOTA"] = float(np.mean(comb["HOTA"]))
+        elif name == "CLEAR":
+            out["MOTA"] = float(comb["MOTA"])
+        else:
+            out["IDF1"] = float(comb["IDF1"])
+    return out
+
+
+def _return_arrive(pairs: list[tuple[Results, Results]], tol: float) -> float:
+    correct, total = 0, 0
+    for pred, gt in pairs:
+        for a in gt.track_actions:
+            if a.label not in ("arrive", "return"):
+                continue
+            total += 1
+            # the predicted track overlapping this actor most during the interval
+            votes: dict[int, float] = {}
+            track = next((t for t in gt.tracks if t.id == a.track_id), None)
+            boxes = np.asarray(track.boxes if track else np.zeros((0, 6)), dtype=float).reshape(-1, 6)
+            for row in boxes[(boxes[:, 0] >= a.start_s) & (boxes[:, 0] < a.end_s)]:
+                p = _boxes_at(pred, float(row[0]), tol)
+                if p:
+                    ious = box_iou(row[None, 1:5], np.stack([b for _, b, _ in p]))[0]
+                    k = int(np.argmax(ious))
+                    if ious[k] >= 0.5:
+                        votes[p[k][0]] = votes.get(p[k][0], 0) + 1
+            if not votes:
+                continue
+            tid = max(votes, key=votes.get)
+            cover = {"arrive": 0.0, "return": 0.0}
+            for pa in pred.track_actions:
+                if pa.track_id == tid and pa.label in cover:
+                    # the predicted label may start a little before the ground truth's interval
+                    cover[pa.label] += max(0.0, min(pa.end_s, a.end_s + 1.0) - max(pa.start_s, a.start_s - 1.0))
+            if max(cover.values()) > 0 and max(cover, key=cover.get) == a.label:
+                correct += 1
+    return correct / total if total else float("nan")
+
+
+def _clip(pairs: list[tuple[Results, Results]]) -> dict[str, float]:
+    top1, top5 = [], []
+    for pred, gt in pairs:
+        want = {c.label for c in gt.clip_actions} or {a.label for a in gt.track_actions}
+        ranked = [c.label for c in sorted(pred.clip_actions, key=lambda c: -c.score)]
+        if not want or not ranked:
+            continue
+        top1.append(float(ranked[0] in want))
+        top5.append(float(any(r in want for r in ranked[:5])))
+    return {"clip_top1": _mean(top1), "clip_top5": _mean(top5)}
+
+
+def evaluate(pairs: list[tuple[Results, Results]], background: str = "idle") -> dict[str, float]:
+    """All metrics over (prediction, ground truth) pairs.
+
+    Predicted boxes are compared with the ground truth at the same video frame:
+    a predicted box counts at a ground-truth time when it is less than half a
+    frame away (predictions sample the same decoded frames).
+    """
+    fps = max((g.video.fps for _, g in pairs if g.video.fps > 0), default=EVAL_HZ)
+    tol = 0.45 / fps
+    out = _clip(pairs)
+    out.update(_segment_metrics(pairs, background))
+    out["track_action_frame_mAP@0.5"] = _frame_map(pairs, tol)
+    out.update(_tracking(pairs, tol))
+    out["return_arrive_accuracy"] = _return_arrive(pairs, tol)
+    out["videos"] = len(pairs)
+    return out
+
+
+def evaluate_pairs(pred: str | Path, gt: str | Path) -> dict[str, float]:
+    """Two files, or two directories (x.json in PRED paired with x.json in GT; other files ignored)."""
+    pred, gt = Path(pred), Path(gt)
+    for p in (pred, gt):
+        if not p.exists():
+            raise ConfigError(f"{p}: not found; give a results .json file or a directory of them")
+    if pred.is_dir() != gt.is_dir():
+        raise ConfigError(f"{pred} and {gt}: give two files or two directories")
+    if pred.is_dir():
+        # x.json, or x/results.json as `videoring analyze -o PRED_DIR` writes it
+        files = []
+        for f in sorted(gt.glob("*.json")):
+            for cand in (pred / f.name, pred / f.stem / "results.json"):
+                if cand.exists():
+                    files.append((cand, f))
+                    break
+        if not files:
+            raise ConfigError(f"{pred}: no x.json (or x/results.json) matching an x.json in {gt}")
+    else:
+        files = [(pred, gt)]
+    pairs = []
+    for p, g in files:
+        try:
+            pairs.append((Results.from_json(p), Results.from_json(g)))
+        except (ValueError, KeyError, TypeError) as e:
+            bad = p if not _loads(p) else g
+            raise ConfigError(f"{bad}: not a results file ({type(e).__name__}: {e})") from None
+    return evaluate(pairs)
+
+
+def _loads(p: Path) -> bool:
+    try:
+        Results.from_json(p)
+        return True
+    except Exception:
+        return False

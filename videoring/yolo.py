@@ -1,0 +1,90 @@
+"""Ultralytics, imported the offline-safe way.
+
+Ultralytics reads its settings when it is first imported: without these it
+may try the network (font downloads for plots, pip auto-installs of missing
+packages, hub checks). :func:`import_ultralytics` applies them before the
+import and undoes the thread clamp the import makes (it sets
+``OMP_NUM_THREADS=1`` and each predictor calls ``torch.set_num_threads``),
+which would otherwise slow every torch op in the process, the ViT included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["import_ultralytics", "load_detector", "restore_threads"]
+
+_FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
+
+
+def _config_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "videoring" / "ultralytics"
+
+
+def _offline_env(allow_download: bool) -> None:
+    cfg = Path(os.environ.get("YOLO_CONFIG_DIR") or _config_dir())
+    cfg.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_CONFIG_DIR"] = str(cfg)
+    os.environ["YOLO_AUTOINSTALL"] = "false"  # never pip-install at run time
+    if not allow_download:
+        os.environ["YOLO_OFFLINE"] = "1"
+    # plotting/labelling code downloads Arial.ttf when it is missing: give it a local font
+    import matplotlib
+
+    src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in _FONTS:
+        if not (cfg / name).exists() and src.exists():
+            shutil.copyfile(src, cfg / name)
+
+
+def restore_threads(n: int) -> None:
+    """Set torch's intra-op threads back after an ultralytics call clamped them."""
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def import_ultralytics(allow_download: bool = False) -> ModuleType:
+    threads = torch.get_num_threads()
+    omp = os.environ.get("OMP_NUM_THREADS")
+    _offline_env(allow_download)
+    import ultralytics
+
+    restore_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+    return ultralytics
+
+
+def load_detector(weights: str, allow_download: bool = False):
+    """A YOLO model from a local ``.pt``/export, a ``.yaml`` (random init) or, opted in, a hub name."""
+    p = Path(weights)
+    local = p.exists()
+    if not local and p.suffix != ".yaml" and not allow_download:
+        raise ConfigError(
+            f"track.detector: {weights!r} is not a local file; give a .pt path, a model .yaml, "
+            "or set track.allow_download=true to fetch a named model"
+        )
+    if p.suffix == ".pt" and local:
+        _refuse_pickle_payload(p)
+    ul = import_ultralytics(allow_download)
+    try:
+        return ul.YOLO(str(weights), task="detect")
+    except Exception as e:  # ultralytics raises many kinds for a bad file
+        raise ConfigError(f"track.detector: cannot load {weights!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _refuse_pickle_payload(path: Path) -> None:
+    """Ultralytics loads .pt checkpoints with full pickle: refuse foreign globals before it does."""
+    from .checkpoint import check_yolo_checkpoint
+
+    check_yolo_checkpoint(path)
