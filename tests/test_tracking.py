@@ -83,7 +83,7 @@ def test_shipped_detector_passes_the_check():
     from videoring.tracking import _resolve_detector
     from videoring.config import TrackConfig
 
-    check_yolo_checkpoint(_resolve_detector(TrackConfig()))
+    check_yolo_checkpoint(_resolve_detector(TrackConfig(export="none")))
 
 
 def test_named_model_needs_opt_in():

@@ -103,8 +103,18 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
     return subprocess.run(cmd).returncode
 
 
+DIST_TIMEOUT_S = 120.0
+
+
 def _init_distributed() -> tuple[int, int]:
-    """Under torchrun: join the process group; threads split between the local ranks."""
+    """Under torchrun: join the process group; threads split between the local ranks.
+
+    Every collective and ring step times out after ``VIDEORING_DIST_TIMEOUT_S``
+    seconds (default 120): a rank that dies or hangs makes the others stop
+    with an error instead of waiting forever.
+    """
+    from datetime import timedelta
+
     import torch
     import torch.distributed as dist
 
@@ -113,7 +123,13 @@ def _init_distributed() -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        raw = os.environ.get("VIDEORING_DIST_TIMEOUT_S", str(DIST_TIMEOUT_S))
+        try:
+            timeout = float(raw)
+            assert timeout > 0
+        except (ValueError, AssertionError):
+            raise ConfigError(f"VIDEORING_DIST_TIMEOUT_S: got {raw!r}; use a positive number of seconds") from None
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return (dist.get_rank() if world > 1 else 0), world
@@ -153,10 +169,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print("note: no trained action model (actions.model is null): actions come from an untrained head", file=sys.stderr)
     failed = 0
     for video in videos:
+        out = Path(args.output) / Path(video).stem
         try:
-            res = pipe(video)
+            # checkpoints after every chunk, so a killed run can continue (--resume)
+            res = pipe(video, state_dir=out / ".state", resume=args.resume)
             if rank == 0:
-                out = Path(args.output) / Path(video).stem
                 cfg = pipe.cfg
                 write_outputs(res, pipe.last_info, video, out, track_fps=cfg.track.fps, labels=cfg.actions.labels,
                               csv=cfg.output.csv, annotate=cfg.output.annotate, timeline=cfg.output.timeline)
@@ -271,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="YAML config or a name in configs/ (default: configs/default.yaml)")
     p.add_argument("-o", "--output", default="out", help="output directory; each video writes OUTDIR/<stem>/")
     p.add_argument("--nproc", type=int, default=1, help="ranks to split time across (starts torchrun)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_analyze, overrides=[])
 

@@ -118,10 +118,14 @@ class TrackConfig:
     allow_download: bool = False
     tracker: str = "bytetrack"
     """'bytetrack', 'botsort' (ultralytics' configs) or a path to a tracker .yaml."""
-    fps: float = 5.0
+    fps: float = 10.0
     """Tracking rate; frames come from the same decode pass as the encoder's."""
+    high_thresh: float | None = 0.5
+    """Overrides the tracker YAML's track_high_thresh (first association); None keeps it."""
+    new_thresh: float | None = 0.6
+    """Overrides the tracker YAML's new_track_thresh (starting a track); None keeps it."""
     imgsz: int = 256
-    conf: float = 0.25
+    conf: float = 0.1
     iou: float = 0.7
     batch: int = 16
     """Frames per detector call."""
@@ -129,7 +133,9 @@ class TrackConfig:
     """Detector classes kept as actors (None = all)."""
     overlap_s: float = 2.0
     """Each time span is tracked from this many seconds earlier, to stitch IDs across spans."""
-    export: str = "none"
+    merge_gap_s: float = 4.0
+    """Join track fragments of one actor separated by at most this many seconds (0 = off)."""
+    export: str = "openvino"
     """'none' (PyTorch), 'onnx' or 'openvino': export the .pt once (cached beside it) and detect with that."""
 
     def __post_init__(self) -> None:
@@ -147,6 +153,12 @@ class TrackConfig:
             raise ConfigError(f"track.batch: got {self.batch!r}; use an integer >= 1")
         if not (0 <= self.overlap_s <= 60):
             raise ConfigError(f"track.overlap_s: got {self.overlap_s!r}; use 0 to 60 seconds")
+        for key in ("high_thresh", "new_thresh"):
+            v = getattr(self, key)
+            if v is not None and not (0 <= v <= 1):
+                raise ConfigError(f"track.{key}: got {v!r}; use a score from 0 to 1 or null")
+        if not (0 <= self.merge_gap_s <= 60):
+            raise ConfigError(f"track.merge_gap_s: got {self.merge_gap_s!r}; use 0 (off) to 60 seconds")
         if self.export not in ("none", "onnx", "openvino"):
             raise ConfigError(f"track.export: got {self.export!r}; use 'none', 'onnx' or 'openvino'")
 

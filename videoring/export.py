@@ -24,11 +24,12 @@ def _cache_root() -> Path:
     return Path(base) / "videoring" / "exports"
 
 
-def exported_detector(pt: str | Path, fmt: str, imgsz: int, batch: int) -> Path:
+def exported_detector(pt: str | Path, fmt: str, imgsz: int | tuple[int, int], batch: int) -> Path:
     """Path of the exported model (an .onnx file or an *_openvino_model dir), exporting on first use."""
     pt = Path(pt)
     h = hashlib.blake2b(pt.read_bytes(), digest_size=12).hexdigest()
-    work = _cache_root() / f"{pt.stem}-{h}-{fmt}-{imgsz}-b{batch}"
+    shape = "x".join(map(str, imgsz)) if isinstance(imgsz, tuple) else str(imgsz)
+    work = _cache_root() / f"{pt.stem}-{h}-{fmt}-{shape}-b{batch}"
     target = work / (f"{pt.stem}.onnx" if fmt == "onnx" else f"{pt.stem}_openvino_model")
     if target.exists():
         return target
@@ -46,12 +47,12 @@ def exported_detector(pt: str | Path, fmt: str, imgsz: int, batch: int) -> Path:
     shutil.copyfile(pt, tmp / pt.name)
     try:
         out = ul.YOLO(str(tmp / pt.name), task="detect").export(
-            format=fmt, imgsz=imgsz, batch=batch, dynamic=False, half=False, device="cpu", verbose=False
+            format=fmt, imgsz=list(imgsz) if isinstance(imgsz, tuple) else imgsz, batch=batch, dynamic=False, half=False, device="cpu", verbose=False
         )
     except Exception as e:  # missing onnx/openvino packages, converter failures
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigError(f"track.export={fmt}: exporting {pt} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                          f"install the 'fast' extra (pip install 'videoring[fast]') or set track.export=none") from None
+                          f"install openvino (or the 'onnx' extra for track.export=onnx) or set track.export=none") from None
     finally:
         restore_threads(threads)
     (tmp / pt.name).unlink(missing_ok=True)

@@ -40,7 +40,7 @@ from .results import ClipAction, Results, Track, VideoMeta
 from .ring.comm import world_of
 from .sampling import Sampling, SamplingPlan, select_indices
 from .source import VideoSource
-from .tracking import Tracker, stitch
+from .tracking import Tracker, merge_tracklets, stitch
 from .videoinfo import VideoInfo, probe
 
 __all__ = ["Pipeline", "SpanData", "ModelInputs"]
@@ -111,6 +111,8 @@ class Pipeline:
         self.progress = False
         """Show a progress bar (video seconds done, ETA) while decoding."""
         self.last_info: VideoInfo | None = None
+        self._state = None
+        self._resume = False
         self.timings = StageClock()
         """Seconds per stage of the last video (decode = time waiting for decoded frames)."""
 
@@ -133,16 +135,22 @@ class Pipeline:
         return self._tracker
 
     # ------------------------------------------------------------------ public
-    def __call__(self, video: str | Path) -> Results | None:
+    def __call__(self, video: str | Path, *, state_dir: str | Path | None = None, resume: bool = False) -> Results | None:
         """Results on rank 0 (None on other ranks)."""
         out = None
-        for out in self.stream(video):
+        for out in self.stream(video, state_dir=state_dir, resume=resume):
             pass
         return out
 
-    def stream(self, video: str | Path, gt_rows: np.ndarray | None = None) -> Iterator[Results]:
+    def stream(self, video: str | Path, gt_rows: np.ndarray | None = None, *, state_dir: str | Path | None = None,
+               resume: bool = False) -> Iterator[Results]:
         """Yield partial Results (tracks so far, this rank's span) after each decoded chunk;
-        the last item is the final result (rank 0)."""
+        the last item is the final result (rank 0).
+
+        ``state_dir``: checkpoint after every chunk there (:mod:`videoring.resume`);
+        ``resume=True`` continues from the last checkpoint of the same video and config.
+        The state is removed once the result is complete.
+        """
         video = str(video)
         if not Path(video).exists():
             from .errors import VideoError
@@ -152,6 +160,12 @@ class Pipeline:
         with self.timings("probe"):
             info = probe(video)
         self.last_info = info
+        self._state, self._resume = None, resume
+        if state_dir is not None:
+            from .engine import video_hash
+            from .resume import RunState
+
+            self._state = RunState(state_dir, self.rank, video_hash(video), self.cfg)
         partial: list[np.ndarray] = []
         spans: list[SpanData] = []
         for item in self._decode_spans(video, info, gt_rows):
@@ -164,6 +178,8 @@ class Pipeline:
                 yield Results(_meta(video, info), _tracks_from_rows(rows, self.cfg.actions.min_track_s))
         with self.timings("model"):
             final = self.finish(video, info, spans)
+        if self._state is not None:
+            self._state.clear()
         if final is not None:
             yield final
 
@@ -188,7 +204,12 @@ class Pipeline:
 
         bar = tqdm(total=round(float(info.duration_s), 1), unit="video s", disable=not self.progress, leave=False,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} video s [{elapsed}<{remaining}]")
-        for start, stop in pieces:
+        state = self._state
+        restored = state.load() if state is not None and self._resume else None
+        done_parts: dict[int, list[dict]] = {}
+        for part in (restored or {}).get("parts", []):
+            done_parts.setdefault(part["piece"], []).append(part)
+        for k, (start, stop) in enumerate(pieces):
             if start >= T:
                 yield SpanData(math.inf, np.zeros((0, ROW_COLS)), np.zeros(0), np.zeros(0, np.int64),
                                torch.zeros(0, self.encoder.tokens_per_frame, self.encoder.dim))
@@ -199,20 +220,32 @@ class Pipeline:
             own1 = float(ts[enc[stop]]) if stop < T else math.inf
             t_idx = trk[(ts[trk] >= own0 - self.cfg.track.overlap_s) & (ts[trk] < own1)] if start else trk[ts[trk] < own1]
             union = np.union1d(t_idx, e_idx)
-            plan = SamplingPlan(union, {"track": np.isin(union, t_idx), "encode": np.isin(union, e_idx)})
             span = SpanData(own0, np.zeros((0, ROW_COLS)), ts[e_idx], real, torch.zeros(0))
-            rows_all: list[np.ndarray] = []
-            toks: list[Tensor] = []
+            rows_all: list[np.ndarray] = [p["rows"] for p in done_parts.get(k, [])]
+            toks: list[Tensor] = [p["toks"] for p in done_parts.get(k, []) if len(p["toks"])]
+            span.roi = [r for p in done_parts.get(k, []) for r in p["roi"]]
             stats = pixel_stats()
+            skip = sum(p["frames"] for p in done_parts.get(k, []))
             if gt_rows is None:
-                self.tracker.reset()
+                self.tracker.reset((W, H))
+            if skip and restored is not None and restored["piece"] == k:
+                # continue exactly where the killed run stopped: the tracker (with its ID counter) as it was
+                self.tracker.tracker = restored["tracker"]
+                stats.last = restored["stats"]
+            if rows_all:
+                yield np.concatenate(rows_all)[np.concatenate(rows_all)[:, 0] >= own0]
+            rest = union[skip:]
+            plan = SamplingPlan(rest, {"track": np.isin(rest, t_idx), "encode": np.isin(rest, e_idx)})
             clock = self.timings
-            for chunk in prefetch(src.read_plan(plan, chunk_size=self.cfg.sampling.chunk_size), clock):
+            for chunk in prefetch(src.read_plan(plan, chunk_size=self.cfg.sampling.chunk_size), clock) if len(rest) else ():
+                new: dict = {"piece": k, "frames": len(chunk.indices), "rows": np.zeros((0, ROW_COLS)),
+                             "toks": torch.zeros(0), "roi": []}
                 tr = chunk.select("track")
                 if len(tr.timestamps):
                     with clock("track"):
                         rows = self._track(tr.images, tr.timestamps, gt_rows, stats)
                     rows_all.append(rows)
+                    new["rows"] = rows
                     yield rows[rows[:, 0] >= own0]
                 bar.update(max(0.0, float(chunk.timestamps[-1]) - own0 - bar.n) if self.world == 1 else 0)
                 en = chunk.select("encode")
@@ -222,7 +255,12 @@ class Pipeline:
                     toks.append(out.tokens)
                     recent = np.concatenate(rows_all[-2:]) if rows_all else np.zeros((0, ROW_COLS))
                     with clock("actors"):
-                        span.roi += self._roi(out.grid, en.timestamps, recent, (W, H))
+                        roi = self._roi(out.grid, en.timestamps, recent, (W, H))
+                    span.roi += roi
+                    new["toks"], new["roi"] = out.tokens, roi
+                if state is not None and gt_rows is None:
+                    with clock("checkpoint"):
+                        state.save(new, {"piece": k, "tracker": self.tracker.tracker, "stats": stats.last})
             span.rows = np.concatenate(rows_all) if rows_all else np.zeros((0, ROW_COLS))
             span.tokens = torch.cat(toks) if toks else torch.zeros(0, self.encoder.tokens_per_frame, self.encoder.dim)
             if len(span.tokens) != len(real):
@@ -273,6 +311,12 @@ class Pipeline:
     def inputs(self, spans: list[SpanData], info: VideoInfo) -> tuple[ModelInputs, np.ndarray]:
         """Stitch tracks, build this rank's padded frame + actor token tensors; returns (inputs, global rows)."""
         rows, maps = self._exchange_tracks(spans)
+        if self.cfg.track.merge_gap_s > 0:
+            merged = merge_tracklets(rows, self.cfg.track.merge_gap_s)
+            # actor tokens name span-local IDs: follow them to the merged ones
+            remap = dict(zip(rows[:, 1].astype(int).tolist(), merged[:, 1].astype(int).tolist()))
+            maps = {key: {loc: remap.get(g, g) for loc, g in m.items()} for key, m in maps.items()}
+            rows = merged
         keep = _long_tracks(rows, self.cfg.actions.min_track_s)
         by_id = {tid: rows[rows[:, 1] == tid] for tid in keep}
         for tid in by_id:

@@ -13,6 +13,7 @@ boxes in the overlap and gives one actor one global ID.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,9 @@ class Tracker:
     def __init__(self, cfg: TrackConfig, threads: int = 0) -> None:
         self.cfg = cfg
         self.threads = threads or torch.get_num_threads()
-        self.model = load_detector(_resolve_detector(cfg), cfg.allow_download)
+        self._models: dict[tuple[int, int] | int, object] = {}
+        self.imgsz: tuple[int, int] | int = cfg.imgsz
+        self.model = self._model_for(cfg.imgsz)
         import_ultralytics(cfg.allow_download)
         from ultralytics.trackers.track import TRACKER_MAP
         from ultralytics.utils import YAML, IterableSimpleNamespace
@@ -85,13 +88,33 @@ class Tracker:
             # a ReID model would be fetched by name: keep it offline unless the user opted in
             if not cfg.allow_download:
                 self._tcfg.with_reid = False
+        if cfg.high_thresh is not None:
+            self._tcfg.track_high_thresh = cfg.high_thresh
+        if cfg.new_thresh is not None:
+            self._tcfg.new_track_thresh = cfg.new_thresh
         if self._tcfg.tracker_type not in TRACKER_MAP:
             raise ConfigError(f"track.tracker: tracker_type {self._tcfg.tracker_type!r} in {cfg.tracker} is not supported")
         self._cls = TRACKER_MAP[self._tcfg.tracker_type]
         self.tracker = None
 
-    def reset(self) -> None:
-        """A fresh tracker (new IDs from 1) for a new video or span."""
+    def _model_for(self, imgsz: tuple[int, int] | int):
+        if imgsz not in self._models:
+            self._models[imgsz] = load_detector(_resolve_detector(self.cfg, imgsz), self.cfg.allow_download)
+        return self._models[imgsz]
+
+    def reset(self, frame_wh: tuple[int, int] | None = None) -> None:
+        """A fresh tracker (new IDs from 1) for a new video or span.
+
+        With an exported detector, ``frame_wh`` picks (and on first use exports) a static
+        input of the frame's aspect -- 256x192 for 4:3 instead of 256x256, the pixels
+        PyTorch's own minimal letterbox would use.
+        """
+        if frame_wh is not None and self.cfg.export != "none":
+            w, h = frame_wh
+            long_, short = (w, h) if w >= h else (h, w)
+            s = min(self.cfg.imgsz, 32 * math.ceil(self.cfg.imgsz * short / long_ / 32))
+            self.imgsz = (s, self.cfg.imgsz) if w >= h else (self.cfg.imgsz, s)
+            self.model = self._model_for(self.imgsz)
         self.tracker = self._cls(args=self._tcfg)  # track_buffer counts tracking-rate frames
 
     def detect(self, images: np.ndarray) -> list:
@@ -101,7 +124,7 @@ class Tracker:
             # ultralytics takes numpy frames as BGR; a reversed view copies once in its letterbox
             batch = [np.ascontiguousarray(img[..., ::-1]) for img in images[s : s + self.cfg.batch]]
             out += self.model.predict(
-                batch, imgsz=self.cfg.imgsz, conf=self.cfg.conf, iou=self.cfg.iou, classes=self.cfg.classes,
+                batch, imgsz=self.imgsz, conf=self.cfg.conf, iou=self.cfg.iou, classes=self.cfg.classes,
                 device="cpu", verbose=False,
             )
         restore_threads(self.threads)  # each predictor call clamps torch's threads
@@ -123,7 +146,7 @@ class Tracker:
         return np.asarray(rows, dtype=np.float64).reshape(-1, 8)
 
 
-def _resolve_detector(cfg: TrackConfig) -> str:
+def _resolve_detector(cfg: TrackConfig, imgsz: tuple[int, int] | int | None = None) -> str:
     """Relative paths resolve from the working directory, then from the project root (shipped models)."""
     p = Path(cfg.detector)
     if p.exists() or p.is_absolute():
@@ -132,9 +155,14 @@ def _resolve_detector(cfg: TrackConfig) -> str:
         root = Path(__file__).resolve().parents[1]
         path = root / p if (root / p).exists() else p
     if cfg.export != "none" and path.suffix == ".pt" and path.exists():
+        import warnings
+
         from .export import exported_detector
 
-        return str(exported_detector(path, cfg.export, cfg.imgsz, cfg.batch))
+        try:
+            return str(exported_detector(path, cfg.export, imgsz or cfg.imgsz, cfg.batch))
+        except ConfigError as e:  # PyTorch stays the fallback
+            warnings.warn(f"{e}; detecting with PyTorch instead", RuntimeWarning, stacklevel=2)
     return str(path)
 
 
@@ -191,3 +219,52 @@ def stitch(spans: list[tuple[float, np.ndarray]], min_iou: float = 0.5) -> tuple
         # own rows now carry global IDs: the next span matches against them directly
         prev_rows, prev_map = own, {g: g for g in mapping.values()}
     return (np.concatenate(out) if out else np.zeros((0, 8))), maps
+
+
+def merge_tracklets(rows: np.ndarray, max_gap_s: float = 4.0, max_color: float = 0.12, max_jump: float = 1.5) -> np.ndarray:
+    """Join fragments of one actor that the online tracker split (occlusion, jumps, spins).
+
+    The whole video's tracks are known here, so a track B that starts at most
+    ``max_gap_s`` after track A ended (no overlap in time) continues A when B's
+    first box is where A's last box was heading (distance under ``max_jump`` box
+    heights, +0.5 per second of gap), has a similar size (heights within 1.5x) and a
+    similar colour (mean RGB of the box centre, columns 8..10 of the rows, closer
+    than ``max_color``). Pairs are joined greedily, cheapest first, each track
+    continuing at most one other. Returns the rows relabelled (B takes A's ID).
+    """
+    if len(rows) == 0 or rows.shape[1] < 11:
+        return rows
+    info = {}
+    for tid in np.unique(rows[:, 1]).astype(int):
+        r = rows[rows[:, 1] == tid]
+        r = r[np.argsort(r[:, 0])]
+        c = (r[:, 2:4] + r[:, 4:6]) / 2
+        h = np.median(r[:, 5] - r[:, 3])
+        end, start = r[r[:, 0] >= r[-1, 0] - 1.0], r[r[:, 0] <= r[0, 0] + 1.0]
+        v_end = (c[-1] - c[len(r) - len(end)]) / max(end[-1, 0] - end[0, 0], 1e-6) if len(end) > 1 else np.zeros(2)
+        info[tid] = dict(t0=r[0, 0], t1=r[-1, 0], first=c[0], last=c[-1], v=v_end, h=max(h, 1.0),
+                         color=np.median(r[:, 8:11], axis=0), n=len(start))
+    pairs = []
+    for a, ia in info.items():
+        for b, ib in info.items():
+            dt = ib["t0"] - ia["t1"]
+            if a == b or not (0 < dt <= max_gap_s):
+                continue
+            jump = np.linalg.norm(ia["last"] + ia["v"] * dt - ib["first"]) / max(ia["h"], ib["h"])
+            size = abs(np.log(ib["h"] / ia["h"]))
+            color = float(np.linalg.norm(ia["color"] - ib["color"]))
+            if jump <= max_jump + 0.5 * dt and size < np.log(1.5) and color < max_color:
+                pairs.append((jump + 5 * color + size, a, b))
+    nxt: dict[int, int] = {}
+    prv: dict[int, int] = {}
+    for _, a, b in sorted(pairs):
+        if a in nxt or b in prv:
+            continue
+        # A -> B must not make a cycle or overlap the chain's later tracks in time
+        nxt[a], prv[b] = b, a
+    root = {}
+    for tid in sorted(info, key=lambda i: info[i]["t0"]):
+        root[tid] = root[prv[tid]] if tid in prv else tid
+    out = rows.copy()
+    out[:, 1] = [root[int(i)] for i in rows[:, 1]]
+    return out
