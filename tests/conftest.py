@@ -15,7 +15,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "netguard"), *f
 import sys as _sys  # noqa: E402
 
 _sys.path.insert(0, str(ROOT / "tests" / "netguard"))
-import sitecustomize as _netguard  # noqa: E402,F401  (this process too)
+import sitecustomize  # noqa: E402,F401  (the guard, in this process too)
 REAL_VIDEOS = Path(os.environ.get("VIDEORING_REAL_VIDEOS", ROOT.parent / "shared" / "real_videos"))
 
 

@@ -18,7 +18,6 @@ Tolerances:
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest

@@ -20,7 +20,6 @@ Keys of the ``--json`` output:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -273,19 +272,11 @@ def evaluate_pairs(pred: str | Path, gt: str | Path) -> dict[str, float]:
             raise ConfigError(f"{pred}: no x.json (or x/results.json) matching an x.json in {gt}")
     else:
         files = [(pred, gt)]
-    pairs = []
-    for p, g in files:
-        try:
-            pairs.append((Results.from_json(p), Results.from_json(g)))
-        except (ValueError, KeyError, TypeError) as e:
-            bad = p if not _loads(p) else g
-            raise ConfigError(f"{bad}: not a results file ({type(e).__name__}: {e})") from None
-    return evaluate(pairs)
+    return evaluate([(_load(p), _load(g)) for p, g in files])
 
 
-def _loads(p: Path) -> bool:
+def _load(path: Path) -> Results:
     try:
-        Results.from_json(p)
-        return True
-    except Exception:
-        return False
+        return Results.from_json(path)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path}: not a results file in the videoring schema ({type(e).__name__}: {e})") from None

@@ -254,7 +254,7 @@ def _decode_pyav(info: VideoInfo, wanted: np.ndarray, threads: int, problems: li
                     packet = None  # flush the decoder: frames still inside it are good
                 try:
                     frames = stream.decode(packet)
-                except av.error.FFmpegError as e:
+                except av.error.FFmpegError:
                     decode_errors += 1
                     if first_error_t is None:
                         first_error_t = info.timestamps[min(max(last_index, 0), n_frames - 1)]

@@ -108,17 +108,11 @@ def label_inputs(inp, rows: np.ndarray, gt: Results, labels: list[str]) -> dict[
     acts: dict[int, list] = {}
     for a in gt.track_actions:
         acts.setdefault(a.track_id, []).append(a)
-    gt_t = {}
-    for t in gt.tracks:
-        b = np.asarray(t.boxes)
-        gt_t[t.id] = b
+    boxes_at = {t.id: np.asarray(t.boxes) for t in gt.tracks if t.boxes}
     F_, A = inp.actor_ids.shape
     times = inp.times[0].numpy()
     actor = torch.full((F_, A), -1, dtype=torch.long)
     dense = torch.zeros(F_, len(labels))
-    boxes_at = {}
-    for tid, b in gt_t.items():
-        boxes_at[tid] = b
     for f in range(F_):
         if not bool(inp.frame_mask[0, f]):
             continue

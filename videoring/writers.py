@@ -18,7 +18,7 @@ import numpy as np
 
 from .io import atomic_path, atomic_write_text
 from .results import Results
-from .sampling import Sampling, select_indices
+from .sampling import Sampling, SamplingPlan, select_indices
 from .videoinfo import VideoInfo
 
 __all__ = ["write_outputs", "write_mot", "write_activitynet", "write_annotated", "write_timeline", "label_colors"]
@@ -108,8 +108,6 @@ def write_annotated(res: Results, info: VideoInfo, video: str, path: Path, fps: 
             s.options = {"crf": "26", "preset": "veryfast"}
             s.time_base = Fraction(1) / rate
             n = 0
-            from .sampling import SamplingPlan
-
             plan = SamplingPlan(idx, {"a": np.ones(len(idx), bool)})
             for chunk in VideoSource(video, info=info).read_plan(plan, chunk_size=chunk_size):
                 for img, t in zip(chunk.images, chunk.timestamps):

@@ -181,7 +181,7 @@ class Renderer:
     def frame(self, i: int, active: list[Actor]) -> np.ndarray:
         sc = self.sc
         t = i / sc.fps
-        W, H = sc.width, sc.height
+        W = sc.width
         cx = int(round(float(sc.cam_x(t))))
         out = np.add(self.world[:, cx : cx + W], self.noise[i % N_NOISE])
         for actor in sorted(active, key=lambda a: a.lane):
