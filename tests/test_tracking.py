@@ -103,3 +103,22 @@ def test_pipeline_config_errors_name_the_key(override, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override], cls=PipelineConfig)
+
+
+def test_merge_tracklets_joins_fragments_of_one_actor_only():
+    from videoring.tracking import merge_tracklets
+
+    def frag(tid, t0, t1, x0, vx, rgb):
+        r = _rows(tid, t0, t1, x0, vx, step=0.1)
+        return np.concatenate([r, np.tile([*rgb, 0.0], (len(r), 1))], axis=1)
+
+    red, blue = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9)
+    a = frag(1, 0.0, 5.0, 0, 10, red)  # ends at x=~49 heading right at 10 px/s
+    b = frag(2, 6.0, 9.0, 60, 10, red)  # 1 s later where A was heading: the same actor
+    c = frag(3, 6.0, 9.0, 60, 10, blue)  # same place, other colour: someone else
+    d = frag(4, 6.0, 9.0, 250, 10, red)  # same colour, far away: someone else
+    e = frag(5, 2.0, 8.0, 120, 0, red)  # overlaps A in time: never the same actor
+    out = merge_tracklets(np.concatenate([a, b, c, d, e]))
+    ids = {orig: set(out[np.concatenate([a, b, c, d, e])[:, 1] == orig, 1].astype(int)) for orig in (1, 2, 3, 4, 5)}
+    assert ids[2] == {1}
+    assert ids[3] == {3} and ids[4] == {4} and ids[5] == {5}

@@ -240,16 +240,19 @@ def merge_tracklets(rows: np.ndarray, max_gap_s: float = 4.0, max_color: float =
         r = r[np.argsort(r[:, 0])]
         c = (r[:, 2:4] + r[:, 4:6]) / 2
         h = np.median(r[:, 5] - r[:, 3])
-        end, start = r[r[:, 0] >= r[-1, 0] - 1.0], r[r[:, 0] <= r[0, 0] + 1.0]
+        end = r[r[:, 0] >= r[-1, 0] - 1.0]
         v_end = (c[-1] - c[len(r) - len(end)]) / max(end[-1, 0] - end[0, 0], 1e-6) if len(end) > 1 else np.zeros(2)
         info[tid] = dict(t0=r[0, 0], t1=r[-1, 0], first=c[0], last=c[-1], v=v_end, h=max(h, 1.0),
-                         color=np.median(r[:, 8:11], axis=0), n=len(start))
+                         color=np.median(r[:, 8:11], axis=0))
     pairs = []
+    by_start = sorted(info, key=lambda i: info[i]["t0"])
+    starts = np.array([info[i]["t0"] for i in by_start])
     for a, ia in info.items():
-        for b, ib in info.items():
+        # only tracks starting within (end of A, end of A + max_gap_s]
+        lo, hi = np.searchsorted(starts, ia["t1"], side="right"), np.searchsorted(starts, ia["t1"] + max_gap_s, side="right")
+        for b in by_start[lo:hi]:
+            ib = info[b]
             dt = ib["t0"] - ia["t1"]
-            if a == b or not (0 < dt <= max_gap_s):
-                continue
             jump = np.linalg.norm(ia["last"] + ia["v"] * dt - ib["first"]) / max(ia["h"], ib["h"])
             size = abs(np.log(ib["h"] / ia["h"]))
             color = float(np.linalg.norm(ia["color"] - ib["color"]))
@@ -260,8 +263,7 @@ def merge_tracklets(rows: np.ndarray, max_gap_s: float = 4.0, max_color: float =
     for _, a, b in sorted(pairs):
         if a in nxt or b in prv:
             continue
-        # A -> B must not make a cycle or overlap the chain's later tracks in time
-        nxt[a], prv[b] = b, a
+        nxt[a], prv[b] = b, a  # b starts after a ends: chains only go forward in time, no cycles
     root = {}
     for tid in sorted(info, key=lambda i: info[i]["t0"]):
         root[tid] = root[prv[tid]] if tid in prv else tid
