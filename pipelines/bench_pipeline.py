@@ -107,7 +107,7 @@ def row_track(video: str, overrides: list[str]) -> dict:
     _, info, plan = _plan(video, "track")
     cfg = load_config(CONFIG_DIR / "default.yaml", overrides, cls=PipelineConfig)
     tr = Tracker(cfg.track)
-    tr.reset()
+    tr.reset((info.width, info.height))
     clock = StageClock()
     t0 = time.perf_counter()
     for c in prefetch(VideoSource(video, info=info).read_plan(plan, chunk_size=cfg.sampling.chunk_size), clock):

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .errors import ConfigError, VideoError
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".h264", ".264", ".hevc", ".h265", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".h264", ".264", ".hevc", ".h265", ".m4v", ".mpg", ".mpeg", ".ts",
+                  ".flv", ".wmv", ".y4m"}
 PROBE_TIMEOUT_S = 120.0
 
 
@@ -168,11 +169,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if rank == 0 and pipe.model_meta == {} :
         print("note: no trained action model (actions.model is null): actions come from an untrained head", file=sys.stderr)
     failed = 0
+    from .isolate import IsolatedWorker
+    from .videoinfo import probe
+
+    prober = IsolatedWorker()
     for video in videos:
         out = Path(args.output) / Path(video).stem
         try:
+            # probe in a child first: a file that crashes or hangs the demuxer is one error, not the end of the batch
+            info = prober.call(probe, video, timeout=PROBE_TIMEOUT_S, path=video)
             # checkpoints after every chunk, so a killed run can continue (--resume)
-            res = pipe(video, state_dir=out / ".state", resume=args.resume)
+            res = pipe(video, state_dir=out / ".state", resume=args.resume, info=info)
             if rank == 0:
                 cfg = pipe.cfg
                 write_outputs(res, pipe.last_info, video, out, track_fps=cfg.track.fps, labels=cfg.actions.labels,
@@ -185,6 +192,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 _report(e, args)
             if world > 1:
                 raise  # ranks cannot skip a video independently: stop all
+    prober.close()
     if world > 1:
         import torch.distributed as dist
 

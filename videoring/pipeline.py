@@ -135,21 +135,23 @@ class Pipeline:
         return self._tracker
 
     # ------------------------------------------------------------------ public
-    def __call__(self, video: str | Path, *, state_dir: str | Path | None = None, resume: bool = False) -> Results | None:
+    def __call__(self, video: str | Path, *, state_dir: str | Path | None = None, resume: bool = False,
+                 info: VideoInfo | None = None) -> Results | None:
         """Results on rank 0 (None on other ranks)."""
         out = None
-        for out in self.stream(video, state_dir=state_dir, resume=resume):
+        for out in self.stream(video, state_dir=state_dir, resume=resume, info=info):
             pass
         return out
 
     def stream(self, video: str | Path, gt_rows: np.ndarray | None = None, *, state_dir: str | Path | None = None,
-               resume: bool = False) -> Iterator[Results]:
+               resume: bool = False, info: VideoInfo | None = None) -> Iterator[Results]:
         """Yield partial Results (tracks so far, this rank's span) after each decoded chunk;
         the last item is the final result (rank 0).
 
         ``state_dir``: checkpoint after every chunk there (:mod:`videoring.resume`);
         ``resume=True`` continues from the last checkpoint of the same video and config.
-        The state is removed once the result is complete.
+        The state is removed once the result is complete. ``info``: the video's probe,
+        when the caller has it already.
         """
         video = str(video)
         if not Path(video).exists():
@@ -157,8 +159,9 @@ class Pipeline:
 
             raise VideoError(video, "file not found")
         self.timings = StageClock()
-        with self.timings("probe"):
-            info = probe(video)
+        if info is None:
+            with self.timings("probe"):
+                info = probe(video)
         self.last_info = info
         self._state, self._resume = None, resume
         if state_dir is not None:
@@ -195,15 +198,21 @@ class Pipeline:
         if info.frames == 0:
             raise ConfigError(f"{video}: no video frames to analyse")
         enc, trk = self.grids(info)
-        ts = info.timestamps
-        T = len(enc)
-        pieces = frame_pieces(T, self.world, self.cfg.temporal.layout)[self.rank]
+        pieces = frame_pieces(len(enc), self.world, self.cfg.temporal.layout)[self.rank]
         src = VideoSource(video, info=info)
-        W, H = info.width, info.height
         from tqdm import tqdm
 
         bar = tqdm(total=round(float(info.duration_s), 1), unit="video s", disable=not self.progress, leave=False,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} video s [{elapsed}<{remaining}]")
+        try:
+            yield from self._spans(video, info, gt_rows, enc, trk, pieces, src, bar)
+        finally:
+            bar.close()  # before any error line is printed
+
+    def _spans(self, video: str, info: VideoInfo, gt_rows, enc: np.ndarray, trk: np.ndarray,
+               pieces: list[tuple[int, int]], src: VideoSource, bar) -> Iterator:
+        ts, T = info.timestamps, len(enc)
+        W, H = info.width, info.height
         state = self._state
         restored = state.load() if state is not None and self._resume else None
         done_parts: dict[int, list[dict]] = {}
@@ -221,6 +230,9 @@ class Pipeline:
             t_idx = trk[(ts[trk] >= own0 - self.cfg.track.overlap_s) & (ts[trk] < own1)] if start else trk[ts[trk] < own1]
             union = np.union1d(t_idx, e_idx)
             span = SpanData(own0, np.zeros((0, ROW_COLS)), ts[e_idx], real, torch.zeros(0))
+            # the encoder frames that really decoded (a truncated or corrupt file may lose some)
+            got_t: list[np.ndarray] = [p["times"] for p in done_parts.get(k, [])]
+            got_o: list[np.ndarray] = [p["order"] for p in done_parts.get(k, [])]
             rows_all: list[np.ndarray] = [p["rows"] for p in done_parts.get(k, [])]
             toks: list[Tensor] = [p["toks"] for p in done_parts.get(k, []) if len(p["toks"])]
             span.roi = [r for p in done_parts.get(k, []) for r in p["roi"]]
@@ -239,7 +251,7 @@ class Pipeline:
             clock = self.timings
             for chunk in prefetch(src.read_plan(plan, chunk_size=self.cfg.sampling.chunk_size), clock) if len(rest) else ():
                 new: dict = {"piece": k, "frames": len(chunk.indices), "rows": np.zeros((0, ROW_COLS)),
-                             "toks": torch.zeros(0), "roi": []}
+                             "toks": torch.zeros(0), "roi": [], "times": np.zeros(0), "order": np.zeros(0, np.int64)}
                 tr = chunk.select("track")
                 if len(tr.timestamps):
                     with clock("track"):
@@ -257,16 +269,19 @@ class Pipeline:
                     with clock("actors"):
                         roi = self._roi(out.grid, en.timestamps, recent, (W, H))
                     span.roi += roi
-                    new["toks"], new["roi"] = out.tokens, roi
+                    order = real[np.searchsorted(e_idx, en.indices)]
+                    got_t.append(en.timestamps)
+                    got_o.append(order)
+                    new["toks"], new["roi"], new["times"], new["order"] = out.tokens, roi, en.timestamps, order
                 if state is not None and gt_rows is None:
                     with clock("checkpoint"):
                         state.save(new, {"piece": k, "tracker": self.tracker.tracker, "stats": stats.last})
             span.rows = np.concatenate(rows_all) if rows_all else np.zeros((0, ROW_COLS))
             span.tokens = torch.cat(toks) if toks else torch.zeros(0, self.encoder.tokens_per_frame, self.encoder.dim)
-            if len(span.tokens) != len(real):
-                raise ConfigError(f"{video}: {len(real) - len(span.tokens)} encoder frames did not decode")
+            # frames that did not decode (already reported by the reader as a DecodeWarning) are left out
+            span.times = np.concatenate(got_t) if got_t else np.zeros(0)
+            span.order = np.concatenate(got_o) if got_o else np.zeros(0, np.int64)
             yield span
-        bar.close()
 
     def _track(self, images: np.ndarray, times: np.ndarray, gt_rows: np.ndarray | None, stats) -> np.ndarray:
         if gt_rows is None:

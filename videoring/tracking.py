@@ -78,7 +78,9 @@ class Tracker:
         self.threads = threads or torch.get_num_threads()
         self._models: dict[tuple[int, int] | int, object] = {}
         self.imgsz: tuple[int, int] | int = cfg.imgsz
-        self.model = self._model_for(cfg.imgsz)
+        self.model = None  # loaded (and exported) by reset() for the video's frame shape
+        if cfg.export == "none":
+            self.model = self._model_for(cfg.imgsz)  # fail early on a bad detector path
         import_ultralytics(cfg.allow_download)
         from ultralytics.trackers.track import TRACKER_MAP
         from ultralytics.utils import YAML, IterableSimpleNamespace
@@ -115,10 +117,14 @@ class Tracker:
             s = min(self.cfg.imgsz, 32 * math.ceil(self.cfg.imgsz * short / long_ / 32))
             self.imgsz = (s, self.cfg.imgsz) if w >= h else (self.cfg.imgsz, s)
             self.model = self._model_for(self.imgsz)
+        elif self.model is None:
+            self.model = self._model_for(self.cfg.imgsz)
         self.tracker = self._cls(args=self._tcfg)  # track_buffer counts tracking-rate frames
 
     def detect(self, images: np.ndarray) -> list:
         """Batched detection on (N, H, W, 3) RGB uint8 frames -> ultralytics Results per frame."""
+        if self.model is None:
+            self.reset((images.shape[2], images.shape[1]))
         out = []
         for s in range(0, len(images), self.cfg.batch):
             # ultralytics takes numpy frames as BGR; a reversed view copies once in its letterbox

@@ -36,6 +36,7 @@ def _offline_env(allow_download: bool) -> None:
     os.environ["YOLO_AUTOINSTALL"] = "false"  # never pip-install at run time
     if not allow_download:
         os.environ["YOLO_OFFLINE"] = "1"
+    _no_openvino_telemetry()  # never: the OpenVINO export would otherwise report usage online
     # plotting/labelling code downloads Arial.ttf when it is missing: give it a local font
     import matplotlib
 
@@ -43,6 +44,24 @@ def _offline_env(allow_download: bool) -> None:
     for name in _FONTS:
         if not (cfg / name).exists() and src.exists():
             shutil.copyfile(src, cfg / name)
+
+
+def _no_openvino_telemetry() -> None:
+    """OpenVINO's model converter sends usage telemetry (Google Analytics) unless told otherwise.
+
+    Hiding the optional ``openvino_telemetry`` package makes the converter use its
+    built-in no-op stub, in this process only (nothing written to the user's home).
+    """
+    import sys
+
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  (import now raises ImportError)
+    for name in ("openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.convert_impl", "openvino.tools.ovc.utils",
+                 "openvino.tools.ovc.main"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "tm"):
+            import openvino.tools.ovc.telemetry_stub as stub
+
+            mod.tm = stub
 
 
 def restore_threads(n: int) -> None:
