@@ -73,7 +73,7 @@ def row_videoring(video: str, overrides: list[str]) -> dict:
             "stages": st, "tracks": len(res.tracks), "rss_mib": round(_rss_mib())}
 
 
-def _plan(video: str, which: str):
+def _plan(video: str, which: str, overrides: list[str] | None = None):
     import numpy as np
 
     from videoring.config import PipelineConfig, load_config
@@ -81,7 +81,7 @@ def _plan(video: str, which: str):
     from videoring.sampling import Sampling, SamplingPlan, select_indices
     from videoring.videoinfo import probe
 
-    cfg = load_config(CONFIG_DIR / "default.yaml", cls=PipelineConfig)
+    cfg = load_config(CONFIG_DIR / "default.yaml", overrides, cls=PipelineConfig)
     info = probe(video)
     enc = select_indices(info.timestamps, Sampling(fps=cfg.sampling.fps))
     trk = select_indices(info.timestamps, Sampling(fps=cfg.track.fps))
@@ -89,23 +89,22 @@ def _plan(video: str, which: str):
     return cfg, info, SamplingPlan(idx, {"track": np.isin(idx, trk), "encode": np.isin(idx, enc)})
 
 
-def row_decode(video: str, which: str = "union") -> dict:
+def row_decode(video: str, which: str = "union", overrides: list[str] | None = None) -> dict:
     from videoring.source import VideoSource
 
-    cfg, info, plan = _plan(video, which)
+    cfg, info, plan = _plan(video, which, overrides)
     t0 = time.perf_counter()
     n = sum(len(c.indices) for c in VideoSource(video, info=info).read_plan(plan, chunk_size=cfg.sampling.chunk_size))
     return {"wall_s": round(time.perf_counter() - t0, 2), "frames": n, "rss_mib": round(_rss_mib())}
 
 
 def row_track(video: str, overrides: list[str]) -> dict:
-    from videoring.config import PipelineConfig, load_config
-    from videoring.pipeline import CONFIG_DIR, StageClock, prefetch
+    """Decode the tracker's frames (background thread, as in the pipeline) + detection and tracking."""
+    from videoring.pipeline import StageClock, prefetch
     from videoring.source import VideoSource
     from videoring.tracking import Tracker
 
-    _, info, plan = _plan(video, "track")
-    cfg = load_config(CONFIG_DIR / "default.yaml", overrides, cls=PipelineConfig)
+    cfg, info, plan = _plan(video, "track", overrides)
     tr = Tracker(cfg.track)
     tr.reset((info.width, info.height))
     clock = StageClock()
@@ -165,14 +164,14 @@ def external(cmd: list[str], env: dict | None = None) -> dict:
     return {"wall_s": round(wall, 2), "rss_mib": round(usage.ru_maxrss / 1024)}
 
 
-def yolo_track(video: Path, fps: float) -> dict:
+def yolo_track(video: Path, fps: float, track_fps: float) -> dict:
     from videoring.pipeline import CONFIG_DIR
     from videoring.config import PipelineConfig, load_config
     from videoring.yolo import _offline_env
 
     cfg = load_config(CONFIG_DIR / "default.yaml", cls=PipelineConfig)
     _offline_env(False)
-    stride = max(1, round(fps / cfg.track.fps))
+    stride = max(1, round(fps / track_fps))
     yolo = Path(sys.executable).with_name("yolo")
     out = ROOT / ".cache" / "videoring" / "bench" / "yolo_runs"
     return external([str(yolo), "track", f"model={ROOT / cfg.track.detector}", f"source={video}", f"imgsz={cfg.track.imgsz}",
@@ -186,6 +185,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rows", default="videoring,decode,track,encode,timm,ffmpeg,yolo")
     ap.add_argument("--out", default="out/bench_pipeline.json")
+    ap.add_argument("--write-docs", action="store_true", help="write docs/benchmarks_pipeline.md")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides for the videoring rows (track.export=openvino ...)")
     args = ap.parse_args()
@@ -205,10 +205,16 @@ def main() -> None:
         r: dict = {"video_s": info.duration_s, "size": f"{info.width}x{info.height}", "fps": info.fps}
         if "videoring" in rows:
             r["videoring"] = child({"row": "videoring", "video": str(video), "overrides": args.overrides})
+        if "videoring5" in rows:
+            r["videoring, track.fps=5"] = child({"row": "videoring", "video": str(video), "overrides": [*args.overrides, "track.fps=5"]})
+        if "torch" in rows:
+            r["videoring, PyTorch detector"] = child({"row": "videoring", "video": str(video), "overrides": [*args.overrides, "track.export=none"]})
         if "decode" in rows:
-            r["decode alone"] = child({"row": "decode", "video": str(video)})
+            r["decode alone"] = child({"row": "decode", "video": str(video), "overrides": args.overrides})
         if "track" in rows:
             r["track alone"] = child({"row": "track", "video": str(video), "overrides": args.overrides})
+        if "track5" in rows:
+            r["track alone, 5 fps"] = child({"row": "track", "video": str(video), "overrides": [*args.overrides, "track.fps=5"]})
         if "encode" in rows:
             r["encode alone"] = child({"row": "encode", "video": str(video)})
         if "timm" in rows:
@@ -218,11 +224,34 @@ def main() -> None:
 
             r["ffmpeg -f null"] = external([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video), "-f", "null", "-"])
         if "yolo" in rows:
-            r["yolo track"] = yolo_track(video, info.fps)
+            r["yolo track (10 fps)"] = yolo_track(video, info.fps, 10.0)
+        if "yolo5" in rows:
+            r["yolo track (5 fps)"] = yolo_track(video, info.fps, 5.0)
         report[name] = r
         print(json.dumps({name: r}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    if args.write_docs:
+        (ROOT / "docs" / "benchmarks_pipeline.md").write_text(markdown(report, " ".join(sys.argv[1:])))
+
+
+def markdown(report: dict, cmd: str) -> str:
+    lines = ["# Whole-pipeline benchmark", "", f"`python pipelines/bench_pipeline.py {cmd}` (2 cores, 24 GiB, no GPU).", ""]
+    for name, r in report.items():
+        lines += [f"## {name}: {r['video_s'] / 60:.0f} min, {r['size']} at {r['fps']:g} fps", "",
+                  "| row | wall s | realtime x | peak RSS MiB | stages (s) |", "|---|---|---|---|---|"]
+        for row, v in r.items():
+            if not isinstance(v, dict):
+                continue
+            if "error" in v:
+                lines.append(f"| {row} | error: {v['error']} | | | |")
+                continue
+            st = ", ".join(f"{k} {x:.1f}" for k, x in v.get("stages", {}).items())
+            if "writers_s" in v:
+                st += f", writers {v['writers_s']:.1f}, load {v['load_s']:.1f}"
+            lines.append(f"| {row} | {v['wall_s']:.1f} | {r['video_s'] / v['wall_s']:.1f} | {v.get('rss_mib', '')} | {st} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
