@@ -66,7 +66,7 @@ def main() -> None:
     t_data = time.perf_counter() - t0
     cfg = load_train_config(args.config, [f"train.videos={json.dumps(videos)}", *args.overrides])
     t1 = time.perf_counter()
-    final = train(cfg, log=lambda m: print(m, flush=True))
+    final = train(cfg, log=lambda m: print(m, flush=True)).path
     t_train = time.perf_counter() - t1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

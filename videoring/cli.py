@@ -201,11 +201,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    rc = _relaunch(args)
+    if rc is not None:
+        return rc
     from .train import load_train_config, train
 
     cfg = load_train_config(args.config, args.overrides)
-    path = train(cfg, resume=args.resume)
-    print(f"wrote {path}")
+    rank, world = _init_distributed()
+    done = train(cfg, resume=args.resume)
+    if rank == 0:
+        print(f"wrote {done.path}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 
@@ -303,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the action model on videos with ground truth (cached frozen features)")
     p.add_argument("-c", "--config", required=True, help="YAML config with a train: section (configs/train_synth.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel ranks (starts torchrun; videos split across ranks)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=10")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_train)

@@ -36,7 +36,7 @@ from .errors import ConfigError
 from .results import Results
 from .tracking import box_iou
 
-__all__ = ["TrainConfig", "TrainJob", "prepare_video", "label_inputs", "train", "load_train_config"]
+__all__ = ["TrainConfig", "TrainJob", "Trained", "prepare_video", "label_inputs", "train", "load_train_config"]
 
 
 @dataclass
@@ -162,12 +162,28 @@ def prepare_video(pipe, video: str, gt: Results, opts: TrainOptions, seed: int) 
 
 
 class TrainJob:
+    """One rank's share of training. Under torchrun: data parallel across videos.
+
+    Each rank prepares and trains on videos ``rank::world``; gradients are averaged
+    over the ranks after every step, so every rank holds the same model. The model
+    itself runs on a one-rank group (each video whole on its rank); ring attention
+    across time is the inference path (``videoring analyze --nproc``).
+    """
+
     def __init__(self, cfg: TrainConfig) -> None:
+        import torch.distributed as dist
+
+        from .pipeline import Pipeline
+        from .ring.comm import world_of
+
         self.cfg = cfg
         self.opts = cfg.train
-        from .pipeline import Pipeline
-
-        self.pipe = Pipeline(cfg, load_weights=False)
+        self.rank, self.world = world_of(None)
+        self.solo = None
+        if self.world > 1:
+            groups = [dist.new_group([r]) for r in range(self.world)]  # collective: same order on every rank
+            self.solo = groups[self.rank]
+        self.pipe = Pipeline(cfg, group=self.solo, load_weights=False)
 
     def _videos(self) -> list[str]:
         import glob
@@ -195,7 +211,7 @@ class TrainJob:
                               "seed": self.cfg.seed, "v": 1}, sort_keys=True)
         data = []
         cache = Path(self.opts.cache_dir)
-        for i, v in enumerate(self._videos()):
+        for i, v in list(enumerate(self._videos()))[self.rank :: self.world]:
             key = hashlib.blake2b((video_hash(v) + key_cfg).encode(), digest_size=16).hexdigest()
             path = cache / f"{key}.safetensors"
             if path.exists():
@@ -211,9 +227,9 @@ class TrainJob:
         return data
 
 
-def _loss(model: ActionModel, item: dict, opts: TrainOptions) -> tuple[torch.Tensor, dict]:
+def _loss(model: ActionModel, item: dict, opts: TrainOptions, group=None) -> tuple[torch.Tensor, dict]:
     u = lambda k: item[k].unsqueeze(0)  # noqa: E731
-    out = model(u("tokens"), u("times"), u("frame_mask"), u("actors"), u("actor_mask"))
+    out = model(u("tokens"), u("times"), u("frame_mask"), u("actors"), u("actor_mask"), group)
     fm = item["frame_mask"]
     al = item["actor_labels"]
     la = F.cross_entropy(out.actor[0].float().reshape(-1, out.actor.shape[-1]), al.reshape(-1), ignore_index=-1) if (al >= 0).any() else out.actor.sum() * 0
@@ -223,18 +239,45 @@ def _loss(model: ActionModel, item: dict, opts: TrainOptions) -> tuple[torch.Ten
     return loss, {"actor": float(la.detach()), "dense": float(ld.detach()), "clip": float(lc.detach())}
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
-    """Train; returns the path of the final checkpoint (OUT/model.safetensors)."""
+def _average_gradients(model: torch.nn.Module, world: int) -> None:
+    import torch.distributed as dist
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])  # one all-reduce per step, not one per tensor
+    dist.all_reduce(flat)
+    flat /= world
+    off = 0
+    for g in grads:
+        g.copy_(flat[off : off + g.numel()].view_as(g))
+        off += g.numel()
+
+
+@dataclass
+class Trained:
+    path: Path
+    """OUT/model.safetensors: the last epoch's weights, config and label map."""
+    model: ActionModel
+    """This rank's model (identical on every rank under data parallelism)."""
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> Trained:
+    """Train (or continue with ``resume``) and return the final checkpoint and model."""
     opts = cfg.train
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     job = TrainJob(cfg)
+    if job.rank != 0:
+        log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
     data = job.dataset(log)
+    if not data:
+        raise ConfigError(f"train.videos: {len(job._videos())} videos for {job.world} ranks; give at least one per rank")
     model = job.pipe.model.train()
     model.requires_grad_(True)
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    total = opts.epochs * len(data)
+    # every rank takes the same number of steps (collectives stay aligned); short shares wrap around
+    steps = math.ceil(len(job._videos()) / job.world)
+    total = opts.epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / max(opts.warmup_steps, 1))
                                               * 0.5 * (1 + math.cos(math.pi * min(s / max(total, 1), 1.0))))
     out = Path(opts.out)
@@ -255,22 +298,26 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     for epoch in range(start_epoch, opts.epochs):
         g.manual_seed(cfg.seed + epoch)
         perm = torch.randperm(len(data), generator=g).tolist()
+        perm = [perm[i % len(perm)] for i in range(steps)]
         tot = {"loss": 0.0}
         for i in perm:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.bf16):
-                loss, parts = _loss(model, data[i], opts)
+                loss, parts = _loss(model, data[i], opts, job.solo)
             optim.zero_grad(set_to_none=True)
             loss.backward()
+            if job.world > 1:
+                _average_gradients(model, job.world)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()
             sched.step()
-            tot["loss"] += float(loss.detach()) / len(data)
+            tot["loss"] += float(loss.detach()) / steps
             for k, v in parts.items():
-                tot[k] = tot.get(k, 0.0) + v / len(data)
-        save_model(model, out / "model.safetensors", {**meta, "epoch": epoch})
-        torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
-                    "rng": torch.get_rng_state(), "epoch": epoch}, state_path)
+                tot[k] = tot.get(k, 0.0) + v / steps
+        if job.rank == 0:
+            save_model(model, out / "model.safetensors", {**meta, "epoch": epoch})
+            torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
+                        "rng": torch.get_rng_state(), "epoch": epoch}, state_path)
         log(f"epoch {epoch + 1}/{opts.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in tot.items())
             + f" ({time.perf_counter() - t0:.0f} s)")
     model.eval()
-    return out / "model.safetensors"
+    return Trained(out / "model.safetensors", model)
