@@ -15,6 +15,8 @@ import pytest
 
 from .malformed import write_malformed
 
+pytestmark = pytest.mark.timeout(900)  # whole-batch CLI runs; ~1 min each on an idle 2-core machine
+
 FAST = ["track.fps=2", "sampling.fps=0.5", "output.annotate=false", "output.timeline=false", "output.csv=false"]
 
 

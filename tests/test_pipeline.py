@@ -15,6 +15,8 @@ from videoring.results import Results
 from .distributed import run_world
 from .pipeline_jobs import analyze_on_ranks
 
+pytestmark = pytest.mark.timeout(600)  # end-to-end runs (the module fixture runs `videoring analyze` once)
+
 SEED = 9001  # never used to train the shipped detector (1000-1079, 5000-5009) or action model (2000+)
 
 
