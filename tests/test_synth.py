@@ -34,7 +34,7 @@ def test_writes_h264_and_schema_json(tmp_path):
     assert info.frames == 75 and abs(info.duration_s - 6.0) < 1e-6
     d = json.loads(out.with_suffix(".json").read_text())
     assert d["schema_version"] == SCHEMA_VERSION
-    assert set(d) == {"schema_version", "video", "tracks", "segments", "track_actions"}
+    assert set(d) == {"schema_version", "video", "tracks", "segments", "track_actions", "clip_actions"}
     assert set(d["video"]) == {"path", "duration_s", "fps", "frames", "width", "height"}
     assert Results.from_dict(d) == gt
     for t in d["tracks"]:

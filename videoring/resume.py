@@ -64,3 +64,7 @@ class RunState:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.dir.parent.rmdir()  # the run's state directory, once no rank has state left in it
+        except OSError:
+            pass
