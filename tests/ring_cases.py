@@ -6,8 +6,11 @@ import math
 
 import torch
 
+import videoring.ring.attention as ring_attention_module
 from videoring.ring import ring_attention
 from videoring.ring.layout import chunks_of
+
+DEFAULT_PIECE = ring_attention_module.PIECE
 
 
 def positions(rank: int, world: int, s_local: int, layout: str) -> torch.Tensor:
@@ -19,13 +22,19 @@ def padded_len(total: int, world: int, layout: str) -> int:
     return math.ceil(total / unit) * unit
 
 
-def make_inputs(seed: int, B: int, H: int, total: int, D: int, world: int, layout: str):
-    """Global q, k, v, grad_out (float64) of padded length, and the key padding mask."""
+def make_inputs(seed: int, B: int, H: int, total: int, D: int, world: int, layout: str, holes: bool = False):
+    """Global q, k, v, grad_out (float64) of padded length, and the key padding mask.
+
+    ``holes``: some keys inside the sequence are padding too (like absent actor slots);
+    every 4th token stays real, so no query row is left without a key.
+    """
     L = padded_len(total, world, layout)
     g = torch.Generator().manual_seed(seed)
     q, k, v, do = (torch.randn(B, H, L, D, generator=g, dtype=torch.float64) for _ in range(4))
     pad = torch.arange(L) < total
     pad = pad.unsqueeze(0).expand(B, L).clone()
+    if holes:
+        pad &= (torch.rand(B, L, generator=g) > 0.4) | (torch.arange(L) % 4 == 0)
     return q, k, v, do, pad
 
 
@@ -46,8 +55,10 @@ def reference(q, k, v, do, pad, causal: bool, block: int):
 
 def run_case(rank, world, case):
     """This rank's output and gradient shards for one case (no reference work on the ranks)."""
-    seed, B, H, total, D, layout, causal, block, dtype, use_pad = case
-    q, k, v, do, pad = make_inputs(seed, B, H, total, D, world, layout)
+    seed, B, H, total, D, layout, causal, block, dtype, use_pad = case[:10]
+    # an optional small sub-block size, so short test sequences take the sub-block path
+    ring_attention_module.PIECE = case[10] if len(case) > 10 else DEFAULT_PIECE
+    q, k, v, do, pad = make_inputs(seed, B, H, total, D, world, layout, holes=use_pad == "holes")
     L = q.shape[2]
     pos = positions(rank, world, L // world, layout)
     take = lambda t: t[:, :, pos].to(dtype).detach().clone().requires_grad_(True)
@@ -60,4 +71,7 @@ def run_case(rank, world, case):
 
 def run_cases(rank, world, cases):
     torch.manual_seed(0)
-    return [run_case(rank, world, c) for c in cases]
+    try:
+        return [run_case(rank, world, c) for c in cases]
+    finally:
+        ring_attention_module.PIECE = DEFAULT_PIECE

@@ -45,8 +45,8 @@ def _assemble(results, ci, world, shape):
 def _errors(results, cases, world):
     out = []
     for ci, case in enumerate(cases):
-        seed, B, H, total, D, layout, causal, block, dtype, use_pad = case
-        q, k, v, do, pad = make_inputs(seed, B, H, total, D, world, layout)
+        seed, B, H, total, D, layout, causal, block, dtype, use_pad = case[:10]
+        q, k, v, do, pad = make_inputs(seed, B, H, total, D, world, layout, holes=use_pad == "holes")
         if not use_pad:
             pad = torch.ones_like(pad)
         ref = reference(q, k, v, do, pad, causal, block)
@@ -66,6 +66,10 @@ def _cases(world):
             cases.append((2, 1, 2, 1001, 32, layout, causal, block, torch.float32, True))
             cases.append((3, 1, 2, 24 * world, 16, layout, causal, block, torch.float64, False))
             cases.append((4, 2, 1, 101, 8, layout, causal, block, torch.float64, True))
+            # masked pairs cut into sub-blocks (ring.attention.PIECE set to 12 in the workers),
+            # with padded keys inside the sequence (absent actor tokens) as well as at its end
+            cases.append((5, 1, 2, 203, 16, layout, causal, block, torch.float32, "holes", 12))
+            cases.append((6, 1, 1, 157, 8, layout, causal, block, torch.float64, "holes", 12))
     return cases
 
 

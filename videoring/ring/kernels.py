@@ -39,7 +39,10 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @dataclass(frozen=True)
 class BlockKernel:
-    name: str
+    name: str  # "sdpa" (fused) or "plain"
+    bwd_fp32: bool = False  # the efficient kernel's backward on fp32 copies of half-precision inputs
+    flash: bool = False  # CUDA, half precision: unmasked forward blocks through FlashAttention-2 (no bias
+    # support); the backward stays on the efficient kernel (the flash backward op wants varlen metadata)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
         """(out, lse (B, H, Sq) in acc dtype; out in acc dtype where the engine allows).
@@ -48,7 +51,10 @@ class BlockKernel:
         if self.name == "sdpa":
             if q.device.type == "cpu":
                 return _cpu_fwd(q, k, v, mask, causal, scale)
-            return _cuda_fwd(q, k, v, mask, causal, scale)
+            if self.flash and mask is None and q.dtype in _HALF:
+                return _flash_fwd(q, k, v, causal, scale)
+            if q.dtype in _CUDA_DTYPES:
+                return _cuda_fwd(q, k, v, mask, causal, scale)
         return _plain_fwd(q, k, v, mask, causal, scale)
 
     def backward(self, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor | None, causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -56,7 +62,10 @@ class BlockKernel:
         if self.name == "sdpa":
             if q.device.type == "cpu":
                 return _cpu_bwd(dout, q, k, v, out, lse, mask, causal, scale)
-            return _cuda_bwd(dout, q, k, v, out, lse, mask, causal, scale)
+            if self.bwd_fp32:
+                dout, q, k, v, out = _up(dout, q, k, v, out)
+            if q.dtype in _CUDA_DTYPES:
+                return _cuda_bwd(dout, q, k, v, out, lse, mask, causal, scale)
         return _plain_bwd(dout, q, k, v, out, lse, mask, causal, scale)
 
 
@@ -121,7 +130,7 @@ def _plain_bwd(dout, q, k, v, out, lse, mask, causal, scale):
 _HALF = (torch.bfloat16, torch.float16)
 
 
-def _cpu_up(*ts):
+def _up(*ts):
     # On CPU the fused kernel is no faster in bf16 than in fp32 (measured: 0.108 s vs 0.103 s,
     # 8x2048x64, AVX512-BF16 EPYC), and a bf16 block output would be rounded before the
     # merge: the ring's error would grow with W. So half-precision blocks run in fp32.
@@ -129,7 +138,7 @@ def _cpu_up(*ts):
 
 
 def _cpu_fwd(q, k, v, mask, causal, scale):
-    q, k, v = _cpu_up(q, k, v)
+    q, k, v = _up(q, k, v)
     bias = None if mask is None else _additive(mask, q.dtype)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k, v, 0.0, causal, attn_mask=bias, scale=scale
@@ -138,7 +147,7 @@ def _cpu_fwd(q, k, v, mask, causal, scale):
 
 
 def _cpu_bwd(dout, q, k, v, out, lse, mask, causal, scale):
-    dout, q, k, v, out = _cpu_up(dout, q, k, v, out)
+    dout, q, k, v, out = _up(dout, q, k, v, out)
     bias = None if mask is None else _additive(mask, q.dtype)
     lse_in = lse.to(q.dtype)
     lse_in = torch.nan_to_num(lse_in, neginf=torch.finfo(lse_in.dtype).max)  # empty rows: P = 0
@@ -149,84 +158,119 @@ def _cpu_bwd(dout, q, k, v, out, lse, mask, causal, scale):
 
 
 # ---------------------------------------------------------------- fused CUDA
-def _cuda_bias(q, k, mask, causal):
-    if causal:
-        mask = _causal_mask(q.shape[-2], k.shape[-2], q.device)
+_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the efficient kernel has no fp64: plain there
+
+
+def _cuda_bias(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor | None:
+    """The additive bias, (B, H, Sq, Sk) by broadcasting (stride 0 where the mask broadcasts).
+
+    The kernel needs the bias rows 16-element aligned, as torch's own sdpa wrapper
+    ensures: allocate a padded last dimension and slice it.
+    """
     if mask is None:
         return None
-    b, h, sq, sk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    return _additive(mask, q.dtype).expand(b, h, sq, sk)
+    sk = mask.shape[-1]
+    bias = torch.zeros((*mask.shape[:-1], sk + (-sk) % 16), dtype=q.dtype, device=q.device)[..., :sk]
+    bias.masked_fill_(~mask, float("-inf"))
+    return bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
 
 
 def _cuda_fwd(q, k, v, mask, causal, scale):
-    bias = _cuda_bias(q, k, mask, causal)
     out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-        q, k, v, bias, True, 0.0, False, scale=scale
+        q, k, v, _cuda_bias(q, k, mask), True, 0.0, causal, scale=scale
     )
     lse = lse[..., : q.shape[-2]].to(acc_dtype(q.dtype))  # lse is padded to a multiple of 32
-    return _fix_empty_rows(out, lse, mask if not causal else None)
+    return _fix_empty_rows(out, lse, mask)
+
+
+def _bshd(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, H, S, D) values in (B, S, H, D) memory, the layout the fused forwards return.
+
+    Measured on an H200 (torch 2.11, pipelines/gpu_check.py): the efficient kernel's
+    bf16/fp16 backward silently returns wrong dQ/dK (errors ~1, NaN) when handed the
+    same output in plain contiguous (B, H, S, D) memory; fp32 is unaffected."""
+    return t.to(dtype).transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def _cuda_bwd(dout, q, k, v, out, lse, mask, causal, scale):
-    bias = _cuda_bias(q, k, mask, causal)
     sq = q.shape[-2]
-    pad = (-sq) % 32
-    lse_in = torch.nan_to_num(lse.float(), neginf=torch.finfo(torch.float32).max)
-    lse_in = torch.nn.functional.pad(lse_in, (0, pad)).contiguous()
+    lse_in = torch.nan_to_num(lse.float(), neginf=torch.finfo(torch.float32).max)  # empty rows: P = 0
+    lse_in = torch.nn.functional.pad(lse_in, (0, (-sq) % 32)).contiguous()
     seed = torch.zeros((), dtype=torch.int64, device=q.device)
     dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        dout.to(q.dtype).contiguous(), q, k, v, bias, out.to(q.dtype), lse_in, seed, seed, 0.0,
-        [True, True, True, False], False, scale=scale,
+        dout.to(q.dtype).contiguous(), q, k, v, _cuda_bias(q, k, mask), _bshd(out, q.dtype), lse_in, seed, seed, 0.0,
+        [True, True, True, False], causal, scale=scale,
     )
     return dq, dk, dv
 
 
+def _flash_fwd(q, k, v, causal, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2]
+    return out, lse.float()
+
+
 # ---------------------------------------------------------------- selection
-_CHOSEN: dict[str, BlockKernel] = {}
+_CHOSEN: dict[tuple[str, torch.dtype], BlockKernel] = {}
 
 
-def _self_check(kernel: BlockKernel, device: torch.device) -> bool:
-    """The fused op must match the plain path on a small masked problem, forward and backward."""
+def _self_check(kernel: BlockKernel, device: torch.device, dtype: torch.dtype) -> bool:
+    """The kernel must match the plain path, forward and backward, at ``dtype``: a 12-token
+    problem with every mask kind (an empty row too), and a 300-token one that spans several
+    of the fused kernels' tiles (a wrong backward on GPU showed only on longer blocks)."""
+    half = dtype in _HALF
+    tol = 5e-2 if half else 1e-4  # half: the fused op rounds its block output and products to bf16/fp16
     g = torch.Generator().manual_seed(0)
-    q, k, v, do = (torch.randn(1, 2, 12, 16, generator=g).to(device) for _ in range(4))
+    small = [torch.randn(1, 2, 12, 16, generator=g).to(device, dtype) for _ in range(4)]
     mask = torch.rand(12, 12, generator=g).to(device) > 0.3
     mask[3] = False  # an empty row
+    keypad = (torch.arange(12) % 5 != 2).view(1, 1, 1, 12).to(device)  # key padding, broadcast over rows
+    large = [torch.randn(1, 2, 300, 32, generator=g).to(device, dtype) for _ in range(4)]
     plain = BlockKernel("plain")
+    cases = [(small, m, c) for m, c in ((None, False), (None, True), (mask, False), (keypad, False), (mask & keypad, False))]
+    large_pad = (torch.arange(300) % 7 != 3).view(1, 1, 1, 300).to(device)
+    cases += [(large, None, False), (large, None, True), (large, large_pad, False)]
     try:
         # the first call may come from inside an autocast region: check at the inputs' own precision
         with torch.autocast(device.type, enabled=False):
-            return _compare(kernel, plain, q, k, v, do, mask)
+            return all(_agree(kernel, plain, *t, m, c, tol) for t, m, c in cases)
     except (RuntimeError, NotImplementedError, AttributeError):
         return False
 
 
-def _compare(kernel, plain, q, k, v, do, mask) -> bool:
-    for m, c in ((None, False), (None, True), (mask, False)):
-        o1, l1 = kernel.forward(q, k, v, m, c, 0.25)
-        o2, l2 = plain.forward(q, k, v, m, c, 0.25)
-        g1 = kernel.backward(do, q, k, v, o2, l2, m, c, 0.25)
-        g2 = plain.backward(do, q, k, v, o2, l2, m, c, 0.25)
-        if not torch.allclose(o1, o2, atol=1e-4) or not torch.allclose(l1, l2, atol=1e-4):
-            return False
-        if not all(torch.allclose(a.float(), b.float(), atol=1e-4) for a, b in zip(g1, g2)):
-            return False
-    return True
+def _agree(kernel, plain, q, k, v, do, m, c, tol) -> bool:
+    scale = q.shape[-1] ** -0.5
+    o1, l1 = kernel.forward(q, k, v, m, c, scale)
+    o2, l2 = plain.forward(q, k, v, m, c, scale)
+    g1 = kernel.backward(do, q, k, v, o2, l2, m, c, scale)
+    g2 = plain.backward(do, q, k, v, o2, l2, m, c, scale)
+    close = lambda a, b: torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
+    return close(o1, o2) and close(l1, l2) and all(close(a, b) for a, b in zip(g1, g2))
 
 
-def get_kernel(device: torch.device) -> BlockKernel:
-    """The block kernel for ``device``: fused if it passes its self-check, else plain.
+def _candidates(device: torch.device, dtype: torch.dtype) -> list[BlockKernel]:
+    if device.type != "cpu" and dtype in _HALF:
+        # fastest first: FlashAttention-2 for unmasked forward blocks; the efficient kernel;
+        # each with the efficient backward in half precision, else in fp32
+        return [BlockKernel("sdpa", flash=True), BlockKernel("sdpa"), BlockKernel("sdpa", flash=True, bwd_fp32=True),
+                BlockKernel("sdpa", bwd_fp32=True), BlockKernel("plain")]
+    return [BlockKernel("sdpa"), BlockKernel("plain")]
+
+
+def get_kernel(device: torch.device, dtype: torch.dtype = torch.float32) -> BlockKernel:
+    """The block kernel for ``device`` and ``dtype``: the first candidate that passes its self-check.
 
     ``VIDEORING_ATTN_KERNEL=plain`` (or ``sdpa``) forces one.
     """
     forced = os.environ.get("VIDEORING_ATTN_KERNEL", "").strip().lower()
     if forced in ("plain", "sdpa"):
         return BlockKernel(forced)
-    key = device.type
+    key = (device.type, dtype)
     if key not in _CHOSEN:
-        fused = BlockKernel("sdpa")
-        if _self_check(fused, device):
-            _CHOSEN[key] = fused
-        else:
-            warnings.warn(f"fused attention kernel unavailable or wrong on {key}; using the plain PyTorch path", RuntimeWarning)
-            _CHOSEN[key] = BlockKernel("plain")
+        cands = _candidates(device, dtype)
+        _CHOSEN[key] = next((c for c in cands if c.name == "plain" or _self_check(c, device, dtype)), cands[-1])
+        if _CHOSEN[key] != cands[0]:
+            warnings.warn(
+                f"fused attention kernel wrong or unavailable on {device.type} in {dtype}; using {_CHOSEN[key]}",
+                RuntimeWarning,
+            )
     return _CHOSEN[key]
