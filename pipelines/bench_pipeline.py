@@ -1,14 +1,17 @@
 """Whole-pipeline benchmark: an hour of video end to end, per stage, against the real alternatives.
 
-    python pipelines/bench_pipeline.py [--videos hour,720p] [--quick] [--nproc 2] [--write-docs]
+    python pipelines/bench_pipeline.py [--videos hour,720p,10min] [--rows ...] [--quick] [--write-docs]
 
 Videos (made once in .cache/videoring/bench): a 60-minute synthetic clip at
-320x240 10 fps and a 10-minute one at 1280x720 30 fps (--quick: 3 and 1
+320x240 10 fps, a 10-minute one at 1280x720 30 fps, and a 10-minute one in the
+hour's format, to see whether memory stays flat in length (--quick: 3, 1 and 1
 minutes). Each row runs in its own process (peak RSS is per row):
 
-- ``videoring``: the default CPU config end to end (tracking 5 fps, ViT-Tiny 1 fps,
+- ``videoring``: the default CPU config end to end (tracking 10 fps, ViT-Tiny 1 fps,
   temporal model, heads) plus the writers without annotated.mp4; per-stage
   seconds from the pipeline's own clock (decode = time waiting for frames);
+  ``videoring5``: the same with tracking at 5 fps; ``torch``: with the PyTorch detector;
+- ``w2``: ``videoring analyze --nproc 2`` (two ranks on the same cores, via the CLI);
 - ``decode alone``: the same single pass over the union of tracker + encoder frames;
 - ``track alone`` / ``encode alone``: that pass plus only the tracker / the encoder;
 - ``ffmpeg -f null``: the decode floor (FFmpeg CLI decoding every frame, all threads);
@@ -31,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VIDEOS = {"hour": (3600.0, 10.0, (320, 240), 42), "720p": (600.0, 30.0, (1280, 720), 43)}
-QUICK = {"hour": (180.0, 10.0, (320, 240), 42), "720p": (60.0, 30.0, (1280, 720), 43)}
+# name: (duration s, fps, size, seed); "10min" is the hour's format at a sixth of its length (RSS flat in length?)
+VIDEOS = {"hour": (3600.0, 10.0, (320, 240), 42), "720p": (600.0, 30.0, (1280, 720), 43), "10min": (600.0, 10.0, (320, 240), 44)}
+QUICK = {"hour": (180.0, 10.0, (320, 240), 42), "720p": (60.0, 30.0, (1280, 720), 43), "10min": (60.0, 10.0, (320, 240), 44)}
 
 
 def ensure(name: str, quick: bool) -> Path:
@@ -185,7 +189,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rows", default="videoring,decode,track,encode,timm,ffmpeg,yolo")
     ap.add_argument("--out", default="out/bench_pipeline.json")
-    ap.add_argument("--write-docs", action="store_true", help="write docs/benchmarks_pipeline.md")
+    ap.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks_pipeline.md (between its markers)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides for the videoring rows (track.export=openvino ...)")
     args = ap.parse_args()
@@ -209,6 +213,10 @@ def main() -> None:
             r["videoring, track.fps=5"] = child({"row": "videoring", "video": str(video), "overrides": [*args.overrides, "track.fps=5"]})
         if "torch" in rows:
             r["videoring, PyTorch detector"] = child({"row": "videoring", "video": str(video), "overrides": [*args.overrides, "track.export=none"]})
+        if "w2" in rows:  # two ranks on the same 2 cores, through the CLI as a user runs it (torchrun)
+            r["videoring --nproc 2 (CLI)"] = external(
+                [sys.executable, "-m", "videoring.cli", "analyze", str(video), "--nproc", "2", "-o",
+                 str(ROOT / ".cache" / "videoring" / "bench" / "out_w2"), "output.annotate=false", *args.overrides])
         if "decode" in rows:
             r["decode alone"] = child({"row": "decode", "video": str(video), "overrides": args.overrides})
         if "track" in rows:
@@ -232,11 +240,23 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     if args.write_docs:
-        (ROOT / "docs" / "benchmarks_pipeline.md").write_text(markdown(report, " ".join(sys.argv[1:])))
+        write_docs(ROOT / "docs" / "benchmarks_pipeline.md", markdown(report, " ".join(sys.argv[1:])))
+
+
+BEGIN, END = "<!-- tables: written by pipelines/bench_pipeline.py --write-docs -->", "<!-- /tables -->"
+
+
+def write_docs(path: Path, tables: str) -> None:
+    """Replace the tables between the markers; the hand-written reading around them stays."""
+    text = path.read_text() if path.exists() else f"# Whole-pipeline benchmark\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = f"{text.rstrip()}\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    path.write_text(f"{head}{BEGIN}\n{tables}{END}{rest.split(END, 1)[1]}")
 
 
 def markdown(report: dict, cmd: str) -> str:
-    lines = ["# Whole-pipeline benchmark", "", f"`python pipelines/bench_pipeline.py {cmd}` (2 cores, 24 GiB, no GPU).", ""]
+    lines = [f"`python pipelines/bench_pipeline.py {cmd}` (2 cores, 24 GiB, no GPU).", ""]
     for name, r in report.items():
         lines += [f"## {name}: {r['video_s'] / 60:.0f} min, {r['size']} at {r['fps']:g} fps", "",
                   "| row | wall s | realtime x | peak RSS MiB | stages (s) |", "|---|---|---|---|---|"]

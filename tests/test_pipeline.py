@@ -200,28 +200,31 @@ def test_botsort_is_selectable(clip):
     assert m["IDF1"] >= 0.6 and m["MOTA"] >= 0.6, m  # BoT-SORT without ReID; ByteTrack's bars above
 
 
-def test_resume_after_kill_gives_the_same_results(clip, tmp_path):
-    """kill -9 mid-run, then --resume: results.json identical to an uninterrupted run."""
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_resume_after_kill_gives_the_same_results(clip, tmp_path, nproc):
+    """kill -9 mid-run (every process of the job), then --resume: results.json identical to an
+    uninterrupted run with the same number of ranks."""
     import os
     import signal
     import time
 
-    args = ["output.annotate=false", "output.timeline=false", "sampling.chunk_size=8"]
+    args = ["output.annotate=false", "output.timeline=false", "sampling.chunk_size=8", "--nproc", str(nproc)]
     cli = [sys.executable, "-m", "videoring.cli", "analyze", str(clip)]
     full = subprocess.run([*cli, "-o", str(tmp_path / "full"), *args], capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr
     out = tmp_path / "killed"
-    head = out / clip.stem / ".state" / "state-rank0" / "head.pkl"
-    p = subprocess.Popen([*cli, "-o", str(out), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    states = [out / clip.stem / ".state" / f"state-rank{r}" for r in range(nproc)]
+    # its own session, so that the kill reaches torchrun and every rank at once, as a node failure would
+    p = subprocess.Popen([*cli, "-o", str(out), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
     deadline = time.monotonic() + 240
-    parts = 0
     while time.monotonic() < deadline and p.poll() is None:
-        parts = len(list(head.parent.glob("part-*.pkl"))) if head.exists() else 0
-        if parts >= 12:  # about a third of the 40-second clip's chunks
+        parts = min(len(list(d.glob("part-*.pkl"))) for d in states)
+        if parts >= 12 // nproc:  # about a third of each rank's chunks of the 40-second clip
             break
         time.sleep(0.05)
     assert p.poll() is None, "the run finished before it could be killed"
-    os.kill(p.pid, signal.SIGKILL)
+    os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (out / clip.stem / "results.json").exists()
     r = subprocess.run([*cli, "-o", str(out), "--resume", *args], capture_output=True, text=True, timeout=300)

@@ -136,6 +136,13 @@ def _init_distributed() -> tuple[int, int]:
     return (dist.get_rank() if world > 1 else 0), world
 
 
+def _finish_distributed(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
 def _relaunch(args: argparse.Namespace) -> int | None:
     """With --nproc N > 1 outside torchrun: the same command, without --nproc, on N ranks."""
     if args.nproc < 1:
@@ -166,7 +173,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     rank, world = _init_distributed()
     pipe = Pipeline.from_config(args.config or "default", overrides=args.overrides)
     pipe.progress = rank == 0
-    if rank == 0 and pipe.model_meta == {} :
+    if rank == 0 and pipe.model_meta == {}:
         print("note: no trained action model (actions.model is null): actions come from an untrained head", file=sys.stderr)
     failed = 0
     from .isolate import IsolatedWorker
@@ -193,10 +200,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if world > 1:
                 raise  # ranks cannot skip a video independently: stop all
     prober.close()
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    _finish_distributed(world)
     return 2 if failed else 0
 
 
@@ -211,10 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     done = train(cfg, resume=args.resume)
     if rank == 0:
         print(f"wrote {done.path}")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    _finish_distributed(world)
     return 0
 
 
@@ -255,10 +256,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         with atomic_path(args.output) as tmp:
             save_file({"features": feats.contiguous(), "timestamps": torch.as_tensor(np.asarray(ts, dtype=np.float64))}, str(tmp))
         print(f"wrote {args.output}: features {tuple(feats.shape)}, {len(ts)} time steps, {world} rank(s)")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    _finish_distributed(world)
     return 0
 
 

@@ -139,19 +139,19 @@ class Pipeline:
                  info: VideoInfo | None = None) -> Results | None:
         """Results on rank 0 (None on other ranks)."""
         out = None
-        for out in self.stream(video, state_dir=state_dir, resume=resume, info=info):
+        for out in self.stream(video, state_dir=state_dir, resume=resume, info=info, partial=False):
             pass
         return out
 
     def stream(self, video: str | Path, gt_rows: np.ndarray | None = None, *, state_dir: str | Path | None = None,
-               resume: bool = False, info: VideoInfo | None = None) -> Iterator[Results]:
+               resume: bool = False, info: VideoInfo | None = None, partial: bool = True) -> Iterator[Results]:
         """Yield partial Results (tracks so far, this rank's span) after each decoded chunk;
         the last item is the final result (rank 0).
 
         ``state_dir``: checkpoint after every chunk there (:mod:`videoring.resume`);
         ``resume=True`` continues from the last checkpoint of the same video and config.
         The state is removed once the result is complete. ``info``: the video's probe,
-        when the caller has it already.
+        when the caller has it already. ``partial=False``: only the final result.
         """
         video = str(video)
         if not Path(video).exists():
@@ -169,15 +169,15 @@ class Pipeline:
             from .resume import RunState
 
             self._state = RunState(state_dir, self.rank, video_hash(video), self.cfg)
-        partial: list[np.ndarray] = []
+        so_far: list[np.ndarray] = []
         spans: list[SpanData] = []
         for item in self._decode_spans(video, info, gt_rows):
             if isinstance(item, SpanData):
                 spans.append(item)
                 continue
-            partial.append(item)
-            if self.world == 1 and len(item):
-                rows = np.concatenate(partial)
+            if partial and self.world == 1 and len(item):
+                so_far.append(item)
+                rows = np.concatenate(so_far)
                 yield Results(_meta(video, info), _tracks_from_rows(rows, self.cfg.actions.min_track_s))
         with self.timings("model"):
             final = self.finish(video, info, spans)
@@ -214,6 +214,10 @@ class Pipeline:
         ts, T = info.timestamps, len(enc)
         W, H = info.width, info.height
         state = self._state
+        if state is not None and self._resume and gt_rows is None:
+            # the saved tracker is an ultralytics object: import ultralytics the offline way before
+            # unpickling it (a bare import of ultralytics checks whether it is online)
+            self.tracker  # noqa: B018
         restored = state.load() if state is not None and self._resume else None
         done_parts: dict[int, list[dict]] = {}
         for part in (restored or {}).get("parts", []):
@@ -500,21 +504,25 @@ def _meta(video: str, info: VideoInfo) -> VideoMeta:
     return VideoMeta(str(video), float(info.duration_s), float(info.fps), int(info.frames), int(info.width), int(info.height))
 
 
+def _by_track(rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(track id, its rows in time order) per track; one sort, not a scan of all rows per track
+    (that was quadratic on an hour: hundreds of tracks x 10^5 rows, after every chunk)."""
+    if not len(rows):
+        return []
+    r = rows[np.lexsort((rows[:, 0], rows[:, 1]))]
+    ids, starts = np.unique(r[:, 1], return_index=True)
+    return list(zip(ids.astype(int).tolist(), np.split(r, starts[1:])))
+
+
 def _long_tracks(rows: np.ndarray, min_s: float) -> set[int]:
-    keep = set()
-    for tid in np.unique(rows[:, 1]).astype(int):
-        t = rows[rows[:, 1] == tid, 0]
-        if t.max() - t.min() >= min_s:
-            keep.add(int(tid))
-    return keep
+    return {tid for tid, r in _by_track(rows) if r[-1, 0] - r[0, 0] >= min_s}
 
 
 def _tracks_from_rows(rows: np.ndarray, min_s: float) -> list[Track]:
-    keep = _long_tracks(rows, min_s)
     out = []
-    for tid in sorted(keep):
-        r = rows[rows[:, 1] == tid]
-        r = r[np.argsort(r[:, 0])]
+    for tid, r in _by_track(rows):
+        if r[-1, 0] - r[0, 0] < min_s:
+            continue
         boxes = [[round(float(x[0]), 6), *(round(float(v), 2) for v in x[2:6]), round(float(x[6]), 4)] for x in r]
         out.append(Track(int(tid), "actor", boxes))
     return out

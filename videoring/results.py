@@ -90,11 +90,18 @@ class Results:
     schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        for t in d["tracks"]:
-            if t.get("appearance") is None:
-                t.pop("appearance", None)
-        return {"schema_version": d.pop("schema_version"), **d}
+        # by hand, not dataclasses.asdict: that deep-copies every box (seconds for an hour's tracks)
+        def track(t: Track) -> dict:
+            d = {"id": t.id, "label": t.label, "boxes": t.boxes}
+            if t.appearance is not None:
+                d["appearance"] = t.appearance
+            return d
+
+        return {"schema_version": self.schema_version, "video": asdict(self.video),
+                "tracks": [track(t) for t in self.tracks],
+                "segments": [asdict(s) for s in self.segments],
+                "track_actions": [asdict(a) for a in self.track_actions],
+                "clip_actions": [asdict(c) for c in self.clip_actions]}
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename): never a half-written file."""

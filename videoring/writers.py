@@ -63,13 +63,19 @@ def write_timeline(res: Results, path: Path, labels: list[str]) -> Path:
     ids = sorted({a.track_id for a in res.track_actions} | {t.id for t in res.tracks})
     rows = {tid: i + 1 for i, tid in enumerate(ids)}
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.25 * (len(ids) + 1)), dpi=100)
-    for s in res.segments:
-        ax.broken_barh([(s.start_s, s.end_s - s.start_s)], (-0.4, 0.8), color=colors.get(s.label, (0.5, 0.5, 0.5)))
-    for a in res.track_actions:
-        ax.broken_barh([(a.start_s, a.end_s - a.start_s)], (rows[a.track_id] - 0.4, 0.8), color=colors.get(a.label, (0.5, 0.5, 0.5)))
-    for t in res.tracks:  # where a track has no action decoded, show its extent in grey
-        if not any(a.track_id == t.id for a in res.track_actions):
-            ax.broken_barh([(t.boxes[0][0], t.boxes[-1][0] - t.boxes[0][0])], (rows[t.id] - 0.2, 0.4), color=(0.7, 0.7, 0.7))
+    # all bars in one PolyCollection: a broken_barh per bar rescales the axes each time, and one
+    # Rectangle artist per bar draws one by one (29 s and 5.9 s for an hour's 8,000 bars)
+    grey = (0.5, 0.5, 0.5)
+    bars = [(0, s.start_s, s.end_s, colors.get(s.label, grey), 0.8) for s in res.segments]
+    bars += [(rows[a.track_id], a.start_s, a.end_s, colors.get(a.label, grey), 0.8) for a in res.track_actions]
+    with_action = {a.track_id for a in res.track_actions}
+    # where a track has no action decoded, show its extent in grey
+    bars += [(rows[t.id], t.boxes[0][0], t.boxes[-1][0], (0.7, 0.7, 0.7), 0.4) for t in res.tracks if t.id not in with_action]
+    if bars:
+        from matplotlib.collections import PolyCollection
+
+        verts = [[(a, y - h / 2), (b, y - h / 2), (b, y + h / 2), (a, y + h / 2)] for y, a, b, _, h in bars]
+        ax.add_collection(PolyCollection(verts, facecolors=[c for *_, c, _ in bars], linewidths=0))
     ax.set_yticks([0] + [rows[i] for i in ids], ["clip"] + [f"#{i}" for i in ids], fontsize=7)
     ax.set_ylim(len(ids) + 0.6, -0.6)
     ax.set_xlim(0, max(res.video.duration_s, 1e-3))

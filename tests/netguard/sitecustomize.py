@@ -16,8 +16,12 @@ if _LOG:
     _LOCAL_NAMES = {None, "", "localhost", "127.0.0.1", "::1", "0.0.0.0", socket.gethostname()}
 
     def _record(what: str):
+        import traceback
+
+        # where it came from, innermost last: the fix starts there
+        where = " <- ".join(f"{os.path.basename(fr.filename)}:{fr.lineno}" for fr in traceback.extract_stack()[-8:-2][::-1])
         with open(_LOG, "a") as f:
-            f.write(f"pid {os.getpid()}: {what}\n")
+            f.write(f"pid {os.getpid()}: {what} at {where}\n")
         raise OSError(f"network access blocked in tests: {what}")
 
     def _local(addr) -> bool:
