@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) pipelines/bench_decode.py
 	$(PY) pipelines/bench_ring.py
 	$(PY) pipelines/bench_engine.py
-	$(PY) pipelines/bench_pipeline.py
+	$(PY) pipelines/bench_pipeline.py --write-docs
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -52,8 +51,34 @@ def ensure(name: str, quick: bool) -> Path:
     return path
 
 
+def _hwm_mib(pid: int | str = "self") -> float:
+    """Peak RSS (VmHWM) of one process. Not getrusage's ru_maxrss: that survives exec, so a
+    child started from a big parent would report the parent's RSS as its own peak."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _hwm_mib()
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants (torchrun's ranks)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
 
 
 # ------------------------------------------------------------------ rows (each in a child process)
@@ -64,9 +89,11 @@ def row_videoring(video: str, overrides: list[str]) -> dict:
     t0 = time.perf_counter()
     pipe = Pipeline.from_config("default", overrides=overrides)
     load = time.perf_counter() - t0
+    rss_load = _rss_mib()
     t1 = time.perf_counter()
     res = pipe(video)
     run = time.perf_counter() - t1
+    rss_run = _rss_mib()
     t2 = time.perf_counter()
     out = ROOT / ".cache" / "videoring" / "bench" / "out"
     write_outputs(res, pipe.last_info, video, out / Path(video).stem, track_fps=pipe.cfg.track.fps,
@@ -74,7 +101,8 @@ def row_videoring(video: str, overrides: list[str]) -> dict:
     writers = time.perf_counter() - t2
     st = {k: round(v, 2) for k, v in pipe.timings.items()}
     return {"wall_s": round(load + run + writers, 2), "load_s": round(load, 2), "writers_s": round(writers, 2),
-            "stages": st, "tracks": len(res.tracks), "rss_mib": round(_rss_mib())}
+            "stages": st, "tracks": len(res.tracks), "rss_mib": round(_rss_mib()),
+            "rss_peak_after_mib": {"load": round(rss_load), "analysis": round(rss_run), "writers": round(_rss_mib())}}
 
 
 def _plan(video: str, which: str, overrides: list[str] | None = None):
@@ -157,15 +185,23 @@ def child(spec: dict) -> dict:
 
 
 def external(cmd: list[str], env: dict | None = None) -> dict:
-    """Wall time and peak RSS (from wait4's rusage) of another program."""
+    """Wall time and peak RSS of another program: the largest VmHWM of it or any descendant
+    (each rank of a torchrun job), read every 0.1 s while it runs."""
+    import tempfile
+
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
-    err = p.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
+    with tempfile.TemporaryFile() as errf:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, cwd=ROOT, env=env)
+        peak = 0.0
+        while p.poll() is None:
+            peak = max([peak, *(_hwm_mib(q) for q in _tree(p.pid))])
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        errf.seek(0)
+        err = errf.read().decode(errors="replace")
+    if p.returncode:
         return {"error": (err.strip().splitlines() or ["?"])[-1][:200], "wall_s": round(wall, 2)}
-    return {"wall_s": round(wall, 2), "rss_mib": round(usage.ru_maxrss / 1024)}
+    return {"wall_s": round(wall, 2), "rss_mib": round(peak)}
 
 
 def yolo_track(video: Path, fps: float, track_fps: float) -> dict:
@@ -185,9 +221,9 @@ def yolo_track(video: Path, fps: float, track_fps: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", default="hour,720p")
+    ap.add_argument("--videos", default="hour,10min,720p")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rows", default="videoring,decode,track,encode,timm,ffmpeg,yolo")
+    ap.add_argument("--rows", default="videoring,videoring5,w2,decode,track,track5,encode,timm,ffmpeg,yolo,yolo5")
     ap.add_argument("--out", default="out/bench_pipeline.json")
     ap.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks_pipeline.md (between its markers)")
     ap.add_argument("--child", help=argparse.SUPPRESS)

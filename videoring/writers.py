@@ -52,6 +52,9 @@ def write_activitynet(res: Results, path: Path, video_id: str) -> Path:
     return atomic_write_text(path, json.dumps(doc))
 
 
+MAX_TIMELINE_ROWS = 120
+
+
 def write_timeline(res: Results, path: Path, labels: list[str]) -> Path:
     import matplotlib
 
@@ -60,17 +63,23 @@ def write_timeline(res: Results, path: Path, labels: list[str]) -> Path:
     from matplotlib.patches import Patch
 
     colors = {k: tuple(c / 255 for c in v) for k, v in label_colors(labels).items()}
-    ids = sorted({a.track_id for a in res.track_actions} | {t.id for t in res.tracks})
+    span = {t.id: t.boxes[-1][0] - t.boxes[0][0] for t in res.tracks if t.boxes}
+    for a in res.track_actions:
+        span.setdefault(a.track_id, 0.0)
+    # one row per track up to MAX_TIMELINE_ROWS (the longest): an hour can hold ~800 track
+    # fragments, a 20,000-pixel-tall plot nobody reads; every track is in tracks.csv
+    ids = sorted(sorted(span, key=lambda i: -span[i])[:MAX_TIMELINE_ROWS])
     rows = {tid: i + 1 for i, tid in enumerate(ids)}
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.25 * (len(ids) + 1)), dpi=100)
     # all bars in one PolyCollection: a broken_barh per bar rescales the axes each time, and one
     # Rectangle artist per bar draws one by one (29 s and 5.9 s for an hour's 8,000 bars)
     grey = (0.5, 0.5, 0.5)
     bars = [(0, s.start_s, s.end_s, colors.get(s.label, grey), 0.8) for s in res.segments]
-    bars += [(rows[a.track_id], a.start_s, a.end_s, colors.get(a.label, grey), 0.8) for a in res.track_actions]
+    bars += [(rows[a.track_id], a.start_s, a.end_s, colors.get(a.label, grey), 0.8) for a in res.track_actions if a.track_id in rows]
     with_action = {a.track_id for a in res.track_actions}
     # where a track has no action decoded, show its extent in grey
-    bars += [(rows[t.id], t.boxes[0][0], t.boxes[-1][0], (0.7, 0.7, 0.7), 0.4) for t in res.tracks if t.id not in with_action]
+    bars += [(rows[t.id], t.boxes[0][0], t.boxes[-1][0], (0.7, 0.7, 0.7), 0.4) for t in res.tracks
+             if t.id in rows and t.id not in with_action]
     if bars:
         from matplotlib.collections import PolyCollection
 
@@ -79,7 +88,7 @@ def write_timeline(res: Results, path: Path, labels: list[str]) -> Path:
     ax.set_yticks([0] + [rows[i] for i in ids], ["clip"] + [f"#{i}" for i in ids], fontsize=7)
     ax.set_ylim(len(ids) + 0.6, -0.6)
     ax.set_xlim(0, max(res.video.duration_s, 1e-3))
-    ax.set_xlabel("time (s)")
+    ax.set_xlabel("time (s)" + (f"; the {len(ids)} longest of {len(span)} tracks" if len(ids) < len(span) else ""))
     ax.legend(handles=[Patch(color=colors[k], label=k) for k in labels], ncol=len(labels), fontsize=7,
               loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
