@@ -143,3 +143,46 @@ def test_cache_reuses_finished_blocks_after_an_interrupted_run(clip, tmp_path):
     again = FeatureEngine(cfg).run(str(clip)).features
     assert files[0].stat().st_ino == kept and files[1].exists()
     assert torch.allclose(again, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_chunked_inference_equals_whole_sequence(causal, monkeypatch):
+    """At inference the temporal model embeds and attends a chunk of tokens at a time
+    (one rank: query chunks against the whole K/V, residuals updated in place); the
+    outputs equal the training-mode pass over the whole sequence at once, and fp16
+    actor features are read as fp32."""
+    import videoring.temporal as T
+
+    torch.manual_seed(0)
+    cfg = TemporalConfig(dim=32, depth=2, heads=4, causal=causal, layout="zigzag")
+    model = T.TemporalModel(cfg, 16, 3, 12, 2).eval()
+    Fr = 300
+    g = torch.Generator().manual_seed(1)
+    tok = torch.randn(1, Fr, 3, 16, generator=g)
+    ts = (torch.arange(Fr, dtype=torch.float64) * 0.7)[None]
+    fm = torch.ones(1, Fr, dtype=torch.bool)
+    fm[0, -11:] = False
+    act = torch.randn(1, Fr, 2, 12, generator=g).half()
+    am = torch.rand(1, Fr, 2, generator=g) < 0.5
+    with torch.enable_grad():  # the training path: whole-sequence projections and attention
+        want, want_step = model(tok, ts, fm, None, act, am)
+    monkeypatch.setattr(T, "TOKEN_CHUNK", 128)  # 1,500 tokens: 12 chunks, a partial last one
+    with torch.inference_mode():
+        got, got_step = model(tok, ts, fm, None, act, am)
+    assert (got - want.detach()).abs().max() < 1e-5
+    assert (got_step - want_step.detach()).abs().max() < 1e-5
+
+
+def test_arena_keeps_rows_in_blocks():
+    from videoring.arena import Arena
+
+    a = Arena((3,), torch.float16, block_bytes=6 * 4)  # 4 rows per block
+    xs = [torch.randn(n, 3) for n in (1, 2, 1, 3, 6)]
+    kept = [a.keep(x) for x in xs]
+    for x, k in zip(xs, kept):
+        assert k.dtype == torch.float16 and torch.equal(k, x.half())
+    assert kept[0].untyped_storage().data_ptr() == kept[2].untyped_storage().data_ptr()  # one block
+    assert kept[3].untyped_storage().data_ptr() != kept[0].untyped_storage().data_ptr()  # the next
+    assert kept[4].shape == (6, 3)  # larger than a block: a block of its own
+    with pytest.raises(ValueError, match="arena rows"):
+        a.keep(torch.zeros(1, 4))

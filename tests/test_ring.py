@@ -27,7 +27,7 @@ from videoring.ring import gather_sequence, ring_attention, shard_sequence
 from videoring.ring.kernels import BlockKernel
 
 from .distributed import run_world
-from .ring_cases import make_inputs, reference, run_cases
+from .ring_cases import DEFAULT_PIECE, make_inputs, reference, run_cases
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 MASKS = [(False, 1), (True, 1), (True, 4)]  # non-causal, causal, frame-causal (4 tokens per frame)
@@ -159,6 +159,28 @@ def test_single_process_is_plain_attention():
     assert (out - ref).abs().max() < 1e-12
     assert torch.equal(shard_sequence(q, dim=2, layout="zigzag"), q)  # one rank holds everything
     assert torch.equal(gather_sequence(shard_sequence(q, dim=2), dim=2), q)
+
+
+@pytest.mark.parametrize("causal,block", [(False, 1), (True, 1), (True, 7)])
+@pytest.mark.parametrize("piece", [DEFAULT_PIECE, 16])
+def test_attention_rows_match_float64_reference(causal, block, piece, monkeypatch):
+    """Query chunks at any offset against all keys (the temporal model's one-rank inference)
+    equal the float64 reference rows: fp64 <= 1e-10, fp32 <= 2e-5 (as the ring's own bounds;
+    a small PIECE sends these short sequences through the sub-block path)."""
+    import videoring.ring.attention as ra
+    from videoring.ring import attention_rows
+
+    monkeypatch.setattr(ra, "PIECE", piece)
+    q, k, v, do, pad = make_inputs(5, 2, 3, 301, 16, 1, "contiguous", holes=True)
+    ref = reference(q, k, v, do, pad, causal, block)[0]
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        for start, n in ((0, 64), (64, 100), (250, 51), (0, 301)):
+            got = attention_rows(q[:, :, start : start + n].to(dtype), k.to(dtype), v.to(dtype), start,
+                                 causal=causal, causal_block=block, key_padding_mask=pad)
+            assert got.dtype == dtype
+            assert (got.double() - ref[:, :, start : start + n]).abs().max() <= tol, (dtype, start)
+    with pytest.raises(ValueError, match="does not fit"):
+        attention_rows(q[:, :, :10], k, v, 295)
 
 
 def _shard_roundtrip(rank, world, layout):

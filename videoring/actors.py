@@ -65,8 +65,10 @@ def pixel_stats() -> PixelStats:
     return PixelStats()
 
 
-def roi_features(grid: Tensor, boxes: list[np.ndarray], frame_wh: tuple[int, int], size: int) -> list[Tensor]:
-    """RoIAlign of (N, C, gh, gw) patch grids under per-frame pixel boxes -> per frame (n_i, C*size*size)."""
+def roi_features(grid: Tensor, boxes: list[np.ndarray], frame_wh: tuple[int, int], size: int,
+                 dtype: torch.dtype = torch.float32) -> list[Tensor]:
+    """RoIAlign of (N, C, gh, gw) patch grids under per-frame pixel boxes -> per frame (n_i, C*size*size),
+    views of one ``dtype`` tensor."""
     from torchvision.ops import roi_align
 
     W, H = frame_wh
@@ -80,9 +82,9 @@ def roi_features(grid: Tensor, boxes: list[np.ndarray], frame_wh: tuple[int, int
             rois.append(torch.cat([torch.full((len(g), 1), float(i)), g], dim=1))
     counts = [len(b) for b in boxes]
     if not rois:
-        return [grid.new_zeros(0, grid.shape[1] * size * size) for _ in boxes]
+        return [grid.new_zeros(0, grid.shape[1] * size * size, dtype=dtype) for _ in boxes]
     pooled = roi_align(grid.float(), torch.cat(rois), output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    return list(pooled.flatten(1).split(counts))
+    return list(pooled.flatten(1).to(dtype).split(counts))
 
 
 def kinematics(track: np.ndarray, t: float, frame_wh: tuple[int, int]) -> np.ndarray:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .actions import ActionModel, decode, load_model
 from .actors import KIN_DIM, ROW_COLS, kinematics, pixel_stats, roi_features
+from .arena import Arena
 from .config import PipelineConfig, load_config
 from .encoder import FrameEncoder
 from .engine import frame_pieces
@@ -69,10 +70,12 @@ class SpanData:
 class ModelInputs:
     """One rank's padded model input (B = 1)."""
 
-    tokens: Tensor
+    tokens: Tensor | None
+    """(B, F, P, C); None once :meth:`ActionModel.infer` has embedded it (so are the actors)."""
     times: Tensor
     frame_mask: Tensor
-    actors: Tensor
+    actors: Tensor | None
+    """(B, F, A, actor_dim), fp16."""
     actor_mask: Tensor
     actor_ids: np.ndarray
     """(F, A) global track id per slot, -1 = empty."""
@@ -238,8 +241,15 @@ class Pipeline:
             got_t: list[np.ndarray] = [p["times"] for p in done_parts.get(k, [])]
             got_o: list[np.ndarray] = [p["order"] for p in done_parts.get(k, [])]
             rows_all: list[np.ndarray] = [p["rows"] for p in done_parts.get(k, [])]
-            toks: list[Tensor] = [p["toks"] for p in done_parts.get(k, []) if len(p["toks"])]
-            span.roi = [r for p in done_parts.get(k, []) for r in p["roi"]]
+            # kept until the model runs: in large blocks, not per-chunk pieces (videoring.arena)
+            toks = torch.empty(len(real), self.encoder.tokens_per_frame, self.encoder.dim)  # at most one per frame
+            n_tok = 0
+            for p in done_parts.get(k, []):
+                if len(p["toks"]):  # a chunk without encoder frames saved an empty (0,) tensor
+                    toks[n_tok : n_tok + len(p["toks"])] = p["toks"]
+                    n_tok += len(p["toks"])
+            roi_store = Arena((self.encoder.dim * self.cfg.actions.roi_size ** 2,), torch.float16)
+            span.roi = [_kept(r, roi_store) for p in done_parts.get(k, []) for r in p["roi"]]
             stats = pixel_stats()
             skip = sum(p["frames"] for p in done_parts.get(k, []))
             if gt_rows is None:
@@ -268,11 +278,12 @@ class Pipeline:
                 if len(en.timestamps):
                     with clock("encode"):
                         out = self.encoder(en.images)
-                    toks.append(out.tokens)
+                    toks[n_tok : n_tok + len(out.tokens)] = out.tokens
+                    n_tok += len(out.tokens)
                     recent = np.concatenate(rows_all[-2:]) if rows_all else np.zeros((0, ROW_COLS))
                     with clock("actors"):
                         roi = self._roi(out.grid, en.timestamps, recent, (W, H))
-                    span.roi += roi
+                    span.roi += [_kept(r, roi_store) for r in roi]
                     order = real[np.searchsorted(e_idx, en.indices)]
                     got_t.append(en.timestamps)
                     got_o.append(order)
@@ -281,7 +292,7 @@ class Pipeline:
                     with clock("checkpoint"):
                         state.save(new, {"piece": k, "tracker": self.tracker.tracker, "stats": stats.last})
             span.rows = np.concatenate(rows_all) if rows_all else np.zeros((0, ROW_COLS))
-            span.tokens = torch.cat(toks) if toks else torch.zeros(0, self.encoder.tokens_per_frame, self.encoder.dim)
+            span.tokens = toks[:n_tok]
             # frames that did not decode (already reported by the reader as a DecodeWarning) are left out
             span.times = np.concatenate(got_t) if got_t else np.zeros(0)
             span.order = np.concatenate(got_o) if got_o else np.zeros(0, np.int64)
@@ -313,7 +324,8 @@ class Pipeline:
             r = rows[rows[:, 0] == near.max()] if len(near) else np.zeros((0, ROW_COLS))
             boxes.append(r[:, 2:6])
             ids.append(r[:, 1].astype(int))
-        feats = roi_features(grid, boxes, wh, self.cfg.actions.roi_size)
+        # kept until the end of the video: fp16 halves the hour's ~45 MB of them (rounding 5e-4 relative)
+        feats = roi_features(grid, boxes, wh, self.cfg.actions.roi_size, torch.float16)
         return [dict(zip(i.tolist(), f)) for i, f in zip(ids, feats)]
 
     def _exchange_tracks(self, spans: list[SpanData]) -> tuple[np.ndarray, dict[tuple[int, int], dict[int, int]]]:
@@ -348,7 +360,7 @@ class Pipeline:
             n = stop - start
             F = len(s.times)
             m = maps.get((self.rank, k), {})
-            acts = torch.zeros(n, A, rdim + KIN_DIM)
+            acts = torch.zeros(n, A, rdim + KIN_DIM, dtype=torch.float16)  # the model reads it in fp32 chunks
             amask = torch.zeros(n, A, dtype=torch.bool)
             aid = np.full((n, A), -1)
             for f in range(F):
@@ -371,9 +383,12 @@ class Pipeline:
             am_l.append(amask)
             ids_l.append(aid)
             order_l.append(s.order)
+        def cat(ts: list[Tensor]) -> Tensor:  # one span (one rank, contiguous layout): no copy
+            return (ts[0] if len(ts) == 1 else torch.cat(ts)).unsqueeze(0)
+
         inp = ModelInputs(
-            torch.cat(tok_l).unsqueeze(0), torch.as_tensor(np.concatenate(ts_l)).unsqueeze(0),
-            torch.as_tensor(np.concatenate(fm_l)).unsqueeze(0), torch.cat(act_l).unsqueeze(0),
+            cat(tok_l), torch.as_tensor(np.concatenate(ts_l)).unsqueeze(0),
+            torch.as_tensor(np.concatenate(fm_l)).unsqueeze(0), cat(act_l),
             torch.cat(am_l).unsqueeze(0), np.concatenate(ids_l), np.concatenate(order_l),
         )
         return inp, rows
@@ -381,8 +396,9 @@ class Pipeline:
     @torch.inference_mode()
     def finish(self, video: str, info: VideoInfo, spans: list[SpanData]) -> Results | None:
         inp, rows = self.inputs(spans, info)
-        out = self._windowed(inp) if self.cfg.temporal.window_s else \
-            self.model(inp.tokens, inp.times, inp.frame_mask, inp.actors, inp.actor_mask, self.group)
+        for s in spans:  # in inp now: let them go before the model's own peak
+            s.roi, s.tokens = [], s.tokens.new_zeros(0, *s.tokens.shape[1:])
+        out = self._windowed(inp) if self.cfg.temporal.window_s else self.model.infer(inp, self.group)
         fm = inp.frame_mask[0]
         times = inp.times[0][fm].numpy()
         dense = torch.sigmoid(out.dense[0][fm]).numpy()
@@ -498,6 +514,14 @@ def _shipped(path: str) -> str:
         return str(p)
     root = Path(__file__).resolve().parents[1]
     return str(root / p) if (root / p).exists() else str(p)
+
+
+def _kept(roi: dict[int, Tensor], store: Arena) -> dict[int, Tensor]:
+    """One frame's RoI features (track id -> features) copied into ``store``."""
+    if not roi:
+        return {}
+    rows = store.keep(torch.stack(list(roi.values())))
+    return dict(zip(roi, rows))
 
 
 def _meta(video: str, info: VideoInfo) -> VideoMeta:

@@ -24,10 +24,12 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from .config import TemporalConfig
-from .ring import ring_attention
+from .ring import attention_rows, ring_attention
+from .ring.comm import world_of
 
 __all__ = ["TemporalModel", "time_encoding", "TOKEN_FRAME", "TOKEN_ACTOR"]
 
@@ -61,7 +63,17 @@ def tokenwise(fn, x: Tensor, dim: int, size: int = TOKEN_CHUNK) -> Tensor:
     when no gradient is recorded (with autograd the activations are kept anyway)."""
     if torch.is_grad_enabled() or x.shape[dim] <= size:
         return fn(x)
-    return torch.cat([fn(c) for c in x.split(size, dim)], dim)
+    # each chunk written into the output as it comes: concatenating a list of chunks would
+    # hold the result twice (60 MB more for the hour's fused q/k/v projection)
+    out = None
+    for i, c in enumerate(x.split(size, dim)):
+        y = fn(c)
+        if out is None:
+            shape = list(y.shape)
+            shape[dim] = x.shape[dim]
+            out = y.new_empty(shape)
+        out.narrow(dim, i * size, y.shape[dim]).copy_(y)
+    return out
 
 
 class Block(nn.Module):
@@ -78,6 +90,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, kpm: Tensor | None, causal: bool, block: int, layout: str, group) -> Tensor:
         B, S, d = x.shape
+        if not torch.is_grad_enabled() and S > TOKEN_CHUNK and world_of(group)[1] == 1:
+            return self._rows(x, kpm, causal, block)
         qkv = tokenwise(lambda c: self.qkv(self.norm1(c)), x, 1)
         q, k, v = qkv.view(B, S, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         a = ring_attention(q, k, v, causal=causal, causal_block=block, key_padding_mask=kpm, layout=layout, group=group)
@@ -90,6 +104,26 @@ class Block(nn.Module):
         for i in range(0, S, TOKEN_CHUNK):
             c = x[:, i : i + TOKEN_CHUNK]
             c += self.proj(a[:, i : i + TOKEN_CHUNK].reshape(B, -1, d))
+            c += self.mlp(self.norm2(c))
+        return x
+
+    def _rows(self, x: Tensor, kpm: Tensor | None, causal: bool, block: int) -> Tensor:
+        """Inference at one rank, in query chunks: K/V of every token once, then per chunk its
+        queries, attention, projection and MLP, updating x in place (K/V were taken before any
+        update, and a chunk's queries come from its own, not yet updated, rows). Holds the whole
+        K/V but never the whole Q or attention output."""
+        B, S, d = x.shape
+        h, hd = self.heads, d // self.heads
+        wq, wkv = self.qkv.weight.split([d, 2 * d])
+        bq, bkv = self.qkv.bias.split([d, 2 * d])
+        kv = tokenwise(lambda c: F.linear(self.norm1(c), wkv, bkv), x, 1)
+        k, v = kv.view(B, S, 2, h, hd).permute(2, 0, 3, 1, 4)
+        for i in range(0, S, TOKEN_CHUNK):
+            c = x[:, i : i + TOKEN_CHUNK]
+            n = c.shape[1]
+            q = F.linear(self.norm1(c), wq, bq).view(B, n, h, hd).transpose(1, 2)
+            a = attention_rows(q, k, v, i, causal=causal, causal_block=block, key_padding_mask=kpm)
+            c += self.proj(a.transpose(1, 2).reshape(B, n, d))
             c += self.mlp(self.norm2(c))
         return x
 
@@ -119,23 +153,44 @@ class TemporalModel(nn.Module):
         Returns (token outputs (B, F, P [+ A], dim), per-time-step outputs (B, F, dim)). F is
         this rank's frame count, equal on every rank (pad the end, mask it).
         """
+        return self.encode(*self.embed(tokens, timestamps, frame_mask, actors, actor_mask), group)
+
+    def embed(self, tokens: Tensor, timestamps: Tensor, frame_mask: Tensor | None = None,
+              actors: Tensor | None = None, actor_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The input sequence: (x (B, F, S, dim), key padding (B, F, S)), S = P [+ A] tokens per frame."""
         B, Fr, P, _ = tokens.shape
         if P != self.P:
             raise ValueError(f"expected {self.P} tokens per frame, got {P}")
-        x = self.in_proj(tokens)
-        x = x + self.slot_emb.weight[None, None] + self.type_emb.weight[TOKEN_FRAME]
         if frame_mask is None:
             frame_mask = torch.ones(B, Fr, dtype=torch.bool, device=tokens.device)
         kpm = frame_mask.unsqueeze(2).expand(B, Fr, P)
         if self.A:
             if actors is None or actors.shape[2] != self.A:
                 raise ValueError(f"expected actor tokens of shape (B, F, {self.A}, D)")
-            a = tokenwise(self.actor_proj, actors, 1, max(1, TOKEN_CHUNK // self.A)) + self.type_emb.weight[TOKEN_ACTOR]
-            x = torch.cat([x, a], dim=2)
             kpm = torch.cat([kpm, actor_mask & frame_mask.unsqueeze(2)], dim=2)
-        S = x.shape[2]
-        x = x + self.time_proj(time_encoding(timestamps, self.cfg.dim, self.cfg.time_scale_s)).unsqueeze(2)
-        x = x.reshape(B, Fr * S, -1)
+        te = self.time_proj(time_encoding(timestamps, self.cfg.dim, self.cfg.time_scale_s))
+        if torch.is_grad_enabled():
+            return self._embed(tokens, actors, te), kpm
+        # inference: written a chunk of frames at a time into x (no full-size temporaries)
+        x = te.new_empty(B, Fr, P + self.A, self.cfg.dim)
+        step = max(1, TOKEN_CHUNK // (P + self.A))
+        for f in range(0, Fr, step):
+            sl = slice(f, f + step)
+            x[:, sl] = self._embed(tokens[:, sl], actors[:, sl] if self.A else None, te[:, sl])
+        return x, kpm
+
+    def _embed(self, tokens: Tensor, actors: Tensor | None, te: Tensor) -> Tensor:
+        x = self.in_proj(tokens) + self.slot_emb.weight[None, None] + self.type_emb.weight[TOKEN_FRAME]
+        if self.A:
+            # actor features may be stored in fp16 (the pipeline keeps the hour's in 34 MB, not 68)
+            a = self.actor_proj(actors.float()) + self.type_emb.weight[TOKEN_ACTOR]
+            x = torch.cat([x, a], dim=2)
+        return x + te.unsqueeze(2)
+
+    def encode(self, x: Tensor, kpm: Tensor, group=None) -> tuple[Tensor, Tensor]:
+        """The transformer over the embedded sequence; outputs as :meth:`forward`."""
+        B, Fr, S, d = x.shape
+        x = x.reshape(B, Fr * S, d)
         kpm = kpm.reshape(B, Fr * S)
         for blk in self.blocks:
             x = blk(x, kpm, self.cfg.causal, S, self.cfg.layout, group)

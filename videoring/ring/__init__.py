@@ -4,6 +4,7 @@
                    layout="contiguous", group=None) -> Tensor
     shard_sequence(x, *, dim, layout="contiguous", group=None) -> Tensor
     gather_sequence(x, *, dim, layout="contiguous", group=None) -> Tensor
+    attention_rows(q, k, v, start, ...) -> Tensor   (one process, a run of query rows: chunked inference)
 
 Modules: ``comm`` (the one send/recv primitive), ``merge`` (log-sum-exp
 merge), ``kernels`` (per-block fused and plain kernels), ``layout``
@@ -11,7 +12,7 @@ merge), ``kernels`` (per-block fused and plain kernels), ``layout``
 Function).
 """
 
-from .attention import RingStats, record_stats, ring_attention
+from .attention import RingStats, attention_rows, record_stats, ring_attention
 from .layout import gather_sequence, shard_sequence
 
-__all__ = ["ring_attention", "shard_sequence", "gather_sequence", "record_stats", "RingStats"]
+__all__ = ["ring_attention", "attention_rows", "shard_sequence", "gather_sequence", "record_stats", "RingStats"]
