@@ -1,12 +1,13 @@
 """Train the shipped action model on synthetic clips, and report held-out metrics.
 
-    python pipelines/train_actions.py [--out sample_data/actions_tiny.safetensors] [--epochs 40]
+    python pipelines/train_actions.py [--out sample_data/actions_tiny.safetensors] [key=value ...]
 
 1. Synthesizes the training set (seeds 2000+: 2-5 minute clips at varied sizes
    and frame rates, with and without pan, plus 20-25 minute clips that hold
    returns 10+ minutes after the first visit) into --data.
 2. Trains with configs/train_synth.yaml (frozen ViT-Tiny from the config's
-   seed, ground-truth boxes jittered; see videoring.train).
+   seed; actor tokens from the shipped detector's own tracks, labelled by IoU
+   with the ground truth, as inference sees them; see videoring.train).
 3. Copies the final checkpoint to --out and writes OUT.json with the command,
    the training time and the size.
 Held-out evaluation is pipelines/eval_synth.py (seeds never used here).
