@@ -249,7 +249,7 @@ class Pipeline:
                     toks[n_tok : n_tok + len(p["toks"])] = p["toks"]
                     n_tok += len(p["toks"])
             roi_store = Arena((self.encoder.dim * self.cfg.actions.roi_size ** 2,), torch.float16)
-            span.roi = [_kept(r, roi_store) for p in done_parts.get(k, []) for r in p["roi"]]
+            span.roi = [r for p in done_parts.get(k, []) for r in _kept(p["roi"], roi_store)]
             stats = pixel_stats()
             skip = sum(p["frames"] for p in done_parts.get(k, []))
             if gt_rows is None:
@@ -283,7 +283,7 @@ class Pipeline:
                     recent = np.concatenate(rows_all[-2:]) if rows_all else np.zeros((0, ROW_COLS))
                     with clock("actors"):
                         roi = self._roi(out.grid, en.timestamps, recent, (W, H))
-                    span.roi += [_kept(r, roi_store) for r in roi]
+                    span.roi += _kept(roi, roi_store)
                     order = real[np.searchsorted(e_idx, en.indices)]
                     got_t.append(en.timestamps)
                     got_o.append(order)
@@ -516,12 +516,13 @@ def _shipped(path: str) -> str:
     return str(root / p) if (root / p).exists() else str(p)
 
 
-def _kept(roi: dict[int, Tensor], store: Arena) -> dict[int, Tensor]:
-    """One frame's RoI features (track id -> features) copied into ``store``."""
-    if not roi:
-        return {}
-    rows = store.keep(torch.stack(list(roi.values())))
-    return dict(zip(roi, rows))
+def _kept(rois: list[dict[int, Tensor]], store: Arena) -> list[dict[int, Tensor]]:
+    """Per-frame RoI features (track id -> features) copied into ``store``, one copy per chunk."""
+    feats = [f for r in rois for f in r.values()]
+    if not feats:
+        return [{} for _ in rois]
+    rows = iter(store.keep(torch.stack(feats)))
+    return [{tid: next(rows) for tid in r} for r in rois]
 
 
 def _meta(video: str, info: VideoInfo) -> VideoMeta:
