@@ -122,3 +122,20 @@ def test_merge_tracklets_joins_fragments_of_one_actor_only():
     ids = {orig: set(out[np.concatenate([a, b, c, d, e])[:, 1] == orig, 1].astype(int)) for orig in (1, 2, 3, 4, 5)}
     assert ids[2] == {1}
     assert ids[3] == {3} and ids[4] == {4} and ids[5] == {5}
+
+
+def test_pixel_stats_change_and_forgetting():
+    """Appearance change is measured against the ID's previous crop; IDs unseen for
+    FORGET_S seconds are dropped (an hour would otherwise keep every ID's crop)."""
+    from videoring.actors import PixelStats
+
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[5:25, 5:25] = 200
+    st = PixelStats()
+    row = lambda t, tid: np.array([[t, tid, 5, 5, 25, 25, 0.9, 0]], float)  # noqa: E731
+    assert st(img, row(0.0, 1))[0, 3] == 0.0  # first sight: no change
+    moved = np.roll(img, 6, axis=1)  # the box's content changes under the same box
+    assert st(moved, row(0.1, 1))[0, 3] > 0.1
+    st(img, row(0.2, 2))
+    st(img, row(PixelStats.FORGET_S + 0.15, 2))
+    assert set(st.last) == {2}  # ID 1 last seen at 0.1 s: forgotten; ID 2 kept

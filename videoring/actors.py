@@ -40,13 +40,26 @@ def _crop(img: np.ndarray, box: np.ndarray) -> np.ndarray | None:
 
 
 class PixelStats:
-    """Per-box colour and appearance change; remembers each ID's last crop across chunks."""
+    """Per-box colour and appearance change; remembers each ID's last crop across chunks.
+
+    Crops of IDs unseen for :attr:`FORGET_S` seconds are dropped: a tracker does not revive
+    an ID after so long (ByteTrack keeps lost tracks for 30 frames), and an hour of video
+    would otherwise keep a crop of every ID it ever had.
+    """
+
+    FORGET_S = 60.0
 
     def __init__(self) -> None:
         self.last: dict[int, np.ndarray] = {}
+        self._seen: dict[int, float] = {}  # ID -> time of its last crop (not saved on resume: only prunes)
 
     def __call__(self, img: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """rows (N, 8) of one frame -> (N, 4) r, g, b in [0, 1], change in [0, 1]."""
+        if len(rows):
+            t = float(rows[0, 0])
+            old = [tid for tid in self.last if self._seen.setdefault(tid, t) < t - self.FORGET_S]
+            for tid in old:
+                del self.last[tid], self._seen[tid]
         out = np.zeros((len(rows), 4))
         for i, r in enumerate(rows):
             c = _crop(img, r[2:6])
@@ -58,6 +71,7 @@ class PixelStats:
             prev = self.last.get(tid)
             out[i, 3] = 0.0 if prev is None else float(np.abs(c - prev).mean() / 255.0)
             self.last[tid] = c
+            self._seen[tid] = float(r[0])
         return out
 
 
