@@ -181,6 +181,10 @@ def test_attention_rows_match_float64_reference(causal, block, piece, monkeypatc
             assert (got.double() - ref[:, :, start : start + n]).abs().max() <= tol, (dtype, start)
     with pytest.raises(ValueError, match="does not fit"):
         attention_rows(q[:, :, :10], k, v, 295)
+    with pytest.raises(ValueError, match="causal_block"):
+        attention_rows(q[:, :, :10], k, v, 0, causal=True, causal_block=0)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        attention_rows(q[:, :, :10], k, v, 0, key_padding_mask=pad[:, :5])
 
 
 def _shard_roundtrip(rank, world, layout):

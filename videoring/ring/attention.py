@@ -262,6 +262,11 @@ class _RingAttention(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
+def _check_causal_block(causal_block) -> None:
+    if not (isinstance(causal_block, int) and causal_block >= 1):
+        raise ValueError(f"causal_block: got {causal_block!r}; use an integer >= 1 (tokens per frame)")
+
+
 def ring_attention(
     q: Tensor,
     k: Tensor,
@@ -294,8 +299,7 @@ def ring_attention(
         raise ValueError("v must have the head dimension of q and k")
     if layout not in LAYOUTS:
         raise ValueError(f"layout: got {layout!r}; use 'contiguous' or 'zigzag'")
-    if not (isinstance(causal_block, int) and causal_block >= 1):
-        raise ValueError(f"causal_block: got {causal_block!r}; use an integer >= 1 (tokens per frame)")
+    _check_causal_block(causal_block)
     comm = RingComm(group)
     B, _, S, D = q.shape
     pads_packed = None
@@ -328,6 +332,7 @@ def attention_rows(
     Q and output (the temporal model over the hour's 39,600 tokens: 40 MB less per layer).
     q (B, H, Sq, D); k, v (B, H, Sk, D); key_padding_mask (B, Sk) bool, True = real. No autograd.
     """
+    _check_causal_block(causal_block)
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     if k.shape != (B, H, Sk, D) or v.shape != k.shape or not 0 <= start <= Sk - Sq:
