@@ -41,3 +41,30 @@ def disagreeing_ranks(rank, world, video):
     except ConfigError as e:
         return str(e)
     return "no error"
+
+
+def recall_on_ranks(rank, world, layout):
+    """Recall (videoring.temporal) over this rank's frames of one fixed problem; returns
+    {frame: output} and the summed gradient of its projection."""
+    from videoring.engine import frame_pieces
+    from videoring.temporal import Recall
+
+    torch.manual_seed(0)
+    model = Recall(12)
+    g = torch.Generator().manual_seed(1)
+    T, A = 23, 3
+    looks = torch.rand(T, A, 12, generator=g)
+    looks[15:18, 1] = looks[2:5, 0]  # a look-alike returns
+    times = torch.arange(T, dtype=torch.float64) * 1.5
+    mask = torch.rand(T, A, generator=g) < 0.7
+    mask[2:5, 0] = mask[15:18, 1] = True
+    frames = [f for a, b in frame_pieces(T, world, layout)[rank] for f in range(a, b)]
+    real = torch.tensor([f < T for f in frames])
+    idx = torch.tensor([min(f, T - 1) for f in frames])
+    out = model(looks[idx][None], torch.where(real, times[idx], 0.0)[None], (mask[idx] & real[:, None])[None],
+                None, layout)[0]
+    (out[real] ** 2).sum().backward()
+    grad = model.proj.weight.grad.clone()
+    if world > 1:
+        dist.all_reduce(grad)
+    return {f: out[i] for i, f in enumerate(frames) if f < T}, grad, mask

@@ -94,3 +94,17 @@ def test_analyze_on_every_real_clip(real_videos, tmp_path):
         assert p.stem in done or p.name in errors, f"{p.name}: neither results nor an error line"
     assert len(done) >= len(videos) - len(errors)
     print(f"{len(done)} analysed, {len(errors)} refused:", *sorted(errors.values()), sep="\n")
+
+
+def test_action_model_of_another_shape_is_a_config_error(tmp_path):
+    """A checkpoint whose tensors have other shapes (trained with other actor features or
+    sizes) is named with the fix, not a torch size-mismatch traceback."""
+    from videoring.actions import ActionModel, load_model, save_model
+    from videoring.config import PipelineConfig, load_config
+    from videoring.errors import ConfigError
+
+    small = ActionModel(load_config(None, ["temporal.dim=32", "temporal.heads=2"], PipelineConfig), 192, 5)
+    save_model(small, tmp_path / "m.safetensors", {"labels": small.labels})
+    other = ActionModel(load_config(None, ["temporal.dim=64", "temporal.heads=2"], PipelineConfig), 192, 5)
+    with pytest.raises(ConfigError, match=r"m\.safetensors does not fit this config"):
+        load_model(other, tmp_path / "m.safetensors")

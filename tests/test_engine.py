@@ -145,8 +145,8 @@ def test_cache_reuses_finished_blocks_after_an_interrupted_run(clip, tmp_path):
     assert torch.allclose(again, full, atol=1e-5)
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_chunked_inference_equals_whole_sequence(causal, monkeypatch):
+@pytest.mark.parametrize("causal,look", [(True, None), (False, None), (True, slice(4, 10))])
+def test_chunked_inference_equals_whole_sequence(causal, look, monkeypatch):
     """At inference the temporal model embeds and attends a chunk of tokens at a time
     (one rank: query chunks against the whole K/V, residuals updated in place); the
     outputs equal the training-mode pass over the whole sequence at once, and fp16
@@ -155,14 +155,14 @@ def test_chunked_inference_equals_whole_sequence(causal, monkeypatch):
 
     torch.manual_seed(0)
     cfg = TemporalConfig(dim=32, depth=2, heads=4, causal=causal, layout="zigzag")
-    model = T.TemporalModel(cfg, 16, 3, 12, 2).eval()
+    model = T.TemporalModel(cfg, 16, 3, 12, 2, look=look).eval()
     Fr = 300
     g = torch.Generator().manual_seed(1)
     tok = torch.randn(1, Fr, 3, 16, generator=g)
     ts = (torch.arange(Fr, dtype=torch.float64) * 0.7)[None]
     fm = torch.ones(1, Fr, dtype=torch.bool)
     fm[0, -11:] = False
-    act = torch.randn(1, Fr, 2, 12, generator=g).half()
+    act = torch.rand(1, Fr, 2, 12, generator=g).half()
     am = torch.rand(1, Fr, 2, generator=g) < 0.5
     with torch.enable_grad():  # the training path: whole-sequence projections and attention
         want, want_step = model(tok, ts, fm, None, act, am)
@@ -186,3 +186,26 @@ def test_arena_keeps_rows_in_blocks():
     assert kept[4].shape == (6, 3)  # larger than a block: a block of its own
     with pytest.raises(ValueError, match="arena rows"):
         a.keep(torch.zeros(1, 4))
+
+
+def test_recall_sharded_equals_single_process():
+    """Recall's attention over the actor tokens is a ring attention like every layer: W = 2, 3
+    give the outputs and gradients of W = 1, in both layouts; a look-alike that returns
+    recalls its first visit, an actor seen only now recalls (almost) nothing."""
+    from .engine_jobs import recall_on_ranks
+
+    for layout in ("contiguous", "zigzag"):
+        ref, gref, mask = run_world(recall_on_ranks, 1, layout)[0]
+        ref = {f: torch.as_tensor(o) for f, o in ref.items()}
+        gref, mask = torch.as_tensor(gref), torch.as_tensor(mask)
+        for world in (2, 3):
+            parts = run_world(recall_on_ranks, world, layout)
+            got = {f: torch.as_tensor(o) for p in parts for f, o in p[0].items()}
+            assert sorted(got) == list(range(23))
+            for f in range(23):
+                m = mask[f]  # absent actors' outputs are never read
+                assert torch.allclose(got[f][m], ref[f][m], rtol=0, atol=1e-5), (layout, world, f)
+            assert (torch.as_tensor(parts[0][1]) - gref).abs().max() <= 1e-5
+        ago = lambda f, a: float(torch.expm1(ref[f][a, 0] * 4))  # noqa: E731
+        assert ago(15, 1) > 5.0  # back at 22.5 s; first seen at 3 s (the mean with its own token: ~10 s)
+        assert ago(2, 0) < 2.0  # first seen now

@@ -84,3 +84,27 @@ def test_eval_cli_files_and_directories(tmp_path):
     r = subprocess.run([sys.executable, "-m", "videoring.cli", "eval", str(bad), str(tmp_path / "gt" / "a.json")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "bad.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_smoothing_equals_the_dense_gaussian_and_absorbs_a_flicker():
+    from videoring.actions import decode, smooth
+    from videoring.config import ActionConfig
+
+    rng = np.random.default_rng(0)
+    ts = np.sort(rng.uniform(0, 20, 40))
+    p = rng.random((40, 3))
+    w = np.exp(-0.5 * ((ts[None] - ts[:, None]) / 0.8) ** 2) * (np.abs(ts[None] - ts[:, None]) <= 2.4)
+    assert np.allclose(smooth(ts, p, 0.8), w @ p / w.sum(1, keepdims=True))
+    assert smooth(ts, p, 0.0) is p
+
+    labels = ["idle", "walk", "jump"]
+    onehot = lambda k: np.eye(3)[k] * 0.8 + 0.1  # noqa: E731
+    seq = [1, 1, 1, 2, 1, 1, 0, 0, 0]  # walk, one step of "jump", walk, then idle
+    obs = [(7, float(t), onehot(k)) for t, k in enumerate(seq)]
+    span = {7: (0.0, 9.0)}
+    dense = np.zeros((9, 3))
+    raw, _ = decode(ActionConfig(labels=labels, smooth_s=0.0), np.arange(9.0), dense, obs, span)
+    assert [a.label for a in raw] == ["walk", "jump", "walk", "idle"]
+    sm, segs = decode(ActionConfig(labels=labels, smooth_s=0.8), np.arange(9.0), dense, obs, span)
+    assert [(a.label, a.start_s, a.end_s) for a in sm] == [("walk", 0.0, 5.5), ("idle", 5.5, 9.0)]
+    assert [(s.label, s.start_s, s.end_s) for s in segs] == [("walk", 0.0, 5.5)]

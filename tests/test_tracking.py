@@ -139,3 +139,56 @@ def test_pixel_stats_change_and_forgetting():
     st(img, row(0.2, 2))
     st(img, row(PixelStats.FORGET_S + 0.15, 2))
     assert set(st.last) == {2}  # ID 1 last seen at 0.1 s: forgotten; ID 2 kept
+
+
+def test_pixel_stats_band_above_the_box():
+    """A hand of the box's colour swinging above an unmoving box: the band above it matches the
+    box's colour and changes, while the box itself does not change (waving, not spinning)."""
+    from videoring.actors import PixelStats
+
+    img = np.full((60, 60, 3), 90, np.uint8)
+    img[30:50, 20:40] = (230, 40, 40)  # the box
+    row = lambda t: np.array([[t, 1, 20, 30, 40, 50, 0.9, 0]], float)  # noqa: E731
+    st = PixelStats()
+    still = st(img, row(0.0))[0]
+    assert still[4] == 0.0 and still[5] == 0.0  # plain background above
+    for k, x in enumerate((14, 34, 14)):
+        hand = img.copy()
+        hand[22:27, x : x + 5] = (230, 40, 40)
+        out = st(hand, row(0.1 * (k + 1)))[0]
+        # the band is 10 x 36 px (half the box's height; 40% of its width out on each side): the hand is 25 px of 360
+        assert 0.04 < out[4] < 0.15
+        assert out[5] > 0.02 and out[3] == 0.0
+
+
+def test_neighbour_gap_same_ground_line_only():
+    from videoring.actors import GAP_MAX, neighbour_gap
+
+    rows = np.array([
+        [0, 1, 10, 20, 30, 60, 1, 0],    # w 20, bottom 60
+        [0, 2, 50, 25, 70, 61, 1, 0],    # 20 px to the right of 1, same ground line
+        [0, 3, 100, 0, 120, 30, 1, 0],   # another lane (bottom 30): not a neighbour of anyone
+    ], float)
+    gap = neighbour_gap(rows)
+    assert gap[0] == pytest.approx(1.0) and gap[1] == pytest.approx(1.0) and gap[2] == GAP_MAX
+    assert neighbour_gap(rows[:1])[0] == GAP_MAX
+    touching = rows[:2].copy()
+    touching[1, 2:5:2] = (25, 45)  # overlapping boxes: gap 0
+    assert np.allclose(neighbour_gap(touching), 0.0)
+
+
+def test_thumbnails_and_kinematics_shapes():
+    from videoring.actors import KIN_DIM, ROW_COLS, THUMB_DIM, kinematics, thumbnails
+
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[10:22, 10:22] = (255, 0, 0)
+    th = thumbnails(img, np.array([[10, 10, 22, 22], [0, 0, 1, 1]], float))
+    assert th.shape == (2, THUMB_DIM)
+    assert np.allclose(th[0].reshape(-1, 3), [1, 0, 0]) and not th[1].any()  # too small: zeros
+    track = np.zeros((5, ROW_COLS))
+    track[:, 0] = np.arange(5) * 0.1
+    track[:, 2:6] = (10, 10, 20, 30)
+    track[:, 14] = (2.0, 1.8, 1.6, 1.4, 1.2)  # closing in at 2 widths per second
+    k = kinematics(track, 0.2, (40, 40))
+    assert k.shape == (KIN_DIM,) and np.isfinite(k).all()
+    assert k[-2] == pytest.approx(1.6 / 4) and k[-1] == pytest.approx(-2.0 / 4)

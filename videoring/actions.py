@@ -8,7 +8,8 @@ Heads, on the temporal model's outputs:
 - actor: per actor token -> one label per actor and time step (the phases of
   an actor never overlap).
 
-Decoding (:func:`decode`): per track, runs of the same arg-max label become
+Decoding (:func:`decode`): per track, the label probabilities are smoothed over
+time (``actions.smooth_s``), then runs of the same arg-max label become
 ``track_actions`` (boundaries half-way between time steps); every non-background
 run becomes a clip-level segment scored by the actor and dense heads together;
 temporal NMS merges duplicates (both actors of a ``meet``).
@@ -25,14 +26,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .actors import KIN_DIM
+from .actors import KIN_DIM, THUMB_DIM
 from .config import ActionConfig, PipelineConfig
 from .errors import ConfigError
 from .results import Segment, TrackAction
 from .ring.comm import world_of
 from .temporal import TemporalModel
 
-__all__ = ["ActionModel", "ActionOutputs", "decode", "temporal_nms", "save_model", "load_model"]
+__all__ = ["ActionModel", "ActionOutputs", "decode", "smooth", "temporal_nms", "save_model", "load_model"]
 
 
 @dataclass
@@ -70,8 +71,10 @@ class ActionModel(nn.Module):
         a = cfg.actions
         self.labels = list(a.labels)
         L = len(self.labels)
-        actor_dim = enc_dim * a.roi_size * a.roi_size + KIN_DIM
-        self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors)
+        roi_dim = enc_dim * a.roi_size * a.roi_size
+        actor_dim = roi_dim + THUMB_DIM + KIN_DIM  # the layout videoring.pipeline builds
+        self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
+                                      look=slice(roi_dim, roi_dim + THUMB_DIM))
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)
@@ -85,7 +88,7 @@ class ActionModel(nn.Module):
         """Inference on a :class:`videoring.pipeline.ModelInputs`, which it consumes: its tokens
         and actor features are dropped once embedded, before the transformer's own peak (the
         hour at one rank: 48 MB)."""
-        x, kpm = self.temporal.embed(inp.tokens, inp.times, inp.frame_mask, inp.actors, inp.actor_mask)
+        x, kpm = self.temporal.embed(inp.tokens, inp.times, inp.frame_mask, inp.actors, inp.actor_mask, group)
         inp.tokens = inp.actors = None
         x, per_step = self.temporal.encode(x, kpm, group)  # (in place at inference: x is not held twice)
         return self._heads(x, per_step, inp.frame_mask, group)
@@ -133,7 +136,10 @@ def load_model(model: ActionModel, path: str | Path) -> dict:
         raise ConfigError(f"actions.model: {p} is not a videoring safetensors checkpoint ({type(e).__name__})") from None
     if meta.get("labels") and meta["labels"] != model.labels:
         raise ConfigError(f"actions.model: {p} was trained for labels {meta['labels']}, the config has {model.labels}")
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError:  # tensors of other shapes: trained with other actor features or model sizes
+        missing, unexpected = ["(tensor shapes differ)"], []
     if missing or unexpected:
         raise ConfigError(f"actions.model: {p} does not fit this config (missing {missing[:2]}, unexpected {unexpected[:2]}); "
                           "use the config it was trained with")
@@ -154,6 +160,21 @@ def temporal_nms(segs: list[Segment], iou: float) -> list[Segment]:
         if all(k.label != s.label or _tiou(k, s) <= iou for k in kept):
             kept.append(s)
     return sorted(kept, key=lambda s: (s.start_s, s.label))
+
+
+def smooth(ts: np.ndarray, probs: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted mean over time (sigma seconds, cut at 3 sigma) of one track's (n, L)
+    probabilities at sorted times ``ts``: a one-step flicker no longer cuts a phase in two.
+    O(n * window), so an hour-long track costs no n x n matrix."""
+    if sigma <= 0 or len(ts) < 2:
+        return probs
+    lo = np.searchsorted(ts, ts - 3 * sigma, "left")
+    hi = np.searchsorted(ts, ts + 3 * sigma, "right")
+    out = np.empty_like(probs)
+    for j in range(len(ts)):
+        w = np.exp(-0.5 * ((ts[lo[j] : hi[j]] - ts[j]) / sigma) ** 2)
+        out[j] = w @ probs[lo[j] : hi[j]] / w.sum()
+    return out
 
 
 def decode(
@@ -178,7 +199,7 @@ def decode(
     for tid, obs in sorted(by_track.items()):
         obs.sort(key=lambda o: o[0])
         ts = np.array([o[0] for o in obs])
-        probs = np.stack([o[1] for o in obs])
+        probs = smooth(ts, np.stack([o[1] for o in obs]), cfg.smooth_s)
         lab = probs.argmax(1)
         t_first, t_last = track_span.get(tid, (ts[0], ts[-1]))
         bounds = np.concatenate([[min(t_first, ts[0])], (ts[1:] + ts[:-1]) / 2, [max(t_last, ts[-1])]])

@@ -4,16 +4,24 @@ Per actor and encoder frame, two parts:
 
 - appearance: RoIAlign (``torchvision.ops.roi_align``) of the ViT patch grid
   under the actor's box, ``roi_size x roi_size`` cells, flattened;
+- a thumbnail (:data:`THUMB_DIM` numbers): the box's pixels at 6x6 RGB, an
+  identity signature (shape, colour, coarse pattern) that attention can match
+  against actors seen long before (``arrive`` vs ``return``);
 - kinematics (:data:`KIN_DIM` numbers): box centre and size (fractions of the
   frame), velocity (frame sizes per second, over +-0.5 s of the track), spread
   of the centre height and of the box size over +-1 s (jumps, spins), detector
   confidence and class, seconds since the track began and until it ends (log-scaled),
   the box's mean colour and its *appearance change*: the mean absolute
   difference of the box's content between consecutive tracking frames, aligned
-  on the box (so walking is ~0 and waving is not).
+  on the box (so walking is ~0 and spinning is not); the same two for the band
+  *above* the box (how much of it has the box's colour, and how much it
+  changes: a hand waving over the head is outside the box); and the gap to the
+  nearest other actor on the same ground line, with its rate of change (two
+  actors walking up to each other and standing together: ``meet``).
 
-Rows of a track table carry the per-box pixel stats in columns 8..11 (r, g,
-b, change), computed on the tracking frames while they are in memory.
+Rows of a track table carry these per-box numbers in columns 8..14 (r, g, b,
+change, above_match, above_change, gap), computed on the tracking frames while
+they are in memory.
 """
 
 from __future__ import annotations
@@ -23,24 +31,40 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["KIN_DIM", "ROW_COLS", "pixel_stats", "roi_features", "kinematics"]
+__all__ = ["KIN_DIM", "ROW_COLS", "THUMB_DIM", "pixel_stats", "roi_features", "thumbnails", "neighbour_gap", "kinematics"]
 
-ROW_COLS = 12  # t, id, x1, y1, x2, y2, conf, cls, r, g, b, change
-KIN_DIM = 17
+ROW_COLS = 15  # t, id, x1, y1, x2, y2, conf, cls, r, g, b, change, above_match, above_change, gap
+KIN_DIM = 21
 _CROP = 12
+_THUMB = 6
+THUMB_DIM = _THUMB * _THUMB * 3
+GAP_MAX = 4.0  # box widths: "no one near" (also the value when alone)
+# the band above a box: as tall as half the box, reaching 40% of its width out on each side
+# (where a raised hand is; the synthetic wave swings 0.6 widths from the centre)
+_ABOVE_H, _ABOVE_OUT = 0.5, 0.4
+_BAND = (6, 12)  # (h, w) the band is resized to
+_MATCH = 60.0  # RGB distance under which a band pixel "has the box's colour"
 
 
-def _crop(img: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+def _crop(img: np.ndarray, box: np.ndarray, size: tuple[int, int] = (_CROP, _CROP)) -> np.ndarray | None:
+    """The box's pixels (clipped to the frame) resized to size (h, w), float32; None if under 2x2."""
     H, W = img.shape[:2]
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
     if x2 - x1 < 2 or y2 - y1 < 2:
         return None
-    return cv2.resize(img[y1:y2, x1:x2], (_CROP, _CROP), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return cv2.resize(img[y1:y2, x1:x2], (size[1], size[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _above(box: np.ndarray) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    return np.array([x1 - _ABOVE_OUT * w, y1 - _ABOVE_H * h, x2 + _ABOVE_OUT * w, y1])
 
 
 class PixelStats:
-    """Per-box colour and appearance change; remembers each ID's last crop across chunks.
+    """Per-box colour, appearance change and the band above it; remembers each ID's last crops
+    across chunks.
 
     Crops of IDs unseen for :attr:`FORGET_S` seconds are dropped: a tracker does not revive
     an ID after so long (ByteTrack keeps lost tracks for 30 frames), and an hour of video
@@ -50,33 +74,66 @@ class PixelStats:
     FORGET_S = 60.0
 
     def __init__(self) -> None:
-        self.last: dict[int, np.ndarray] = {}
+        self.last: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # ID -> (box crop, band crop)
         self._seen: dict[int, float] = {}  # ID -> time of its last crop (not saved on resume: only prunes)
 
     def __call__(self, img: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """rows (N, 8) of one frame -> (N, 4) r, g, b in [0, 1], change in [0, 1]."""
+        """rows (N, 8) of one frame -> (N, 6) r, g, b, change, above_match, above_change, all in [0, 1]."""
         if len(rows):
             t = float(rows[0, 0])
             old = [tid for tid in self.last if self._seen.setdefault(tid, t) < t - self.FORGET_S]
             for tid in old:
                 del self.last[tid], self._seen[tid]
-        out = np.zeros((len(rows), 4))
+        out = np.zeros((len(rows), 6))
         for i, r in enumerate(rows):
             c = _crop(img, r[2:6])
             if c is None:
                 continue
             q = _CROP // 4
-            out[i, :3] = c[q:-q, q:-q].reshape(-1, 3).mean(0) / 255.0
+            mean = c[q:-q, q:-q].reshape(-1, 3).mean(0)
+            out[i, :3] = mean / 255.0
+            band = _crop(img, _above(r[2:6]), _BAND)
+            if band is not None:
+                out[i, 4] = float((np.linalg.norm(band - mean, axis=2) < _MATCH).mean())
             tid = int(r[1])
-            prev = self.last.get(tid)
+            prev, prev_band = self.last.get(tid, (None, None))
             out[i, 3] = 0.0 if prev is None else float(np.abs(c - prev).mean() / 255.0)
-            self.last[tid] = c
+            if band is not None and prev_band is not None:
+                out[i, 5] = float(np.abs(band - prev_band).mean() / 255.0)
+            self.last[tid] = (c, band)
             self._seen[tid] = float(r[0])
         return out
 
 
 def pixel_stats() -> PixelStats:
     return PixelStats()
+
+
+def neighbour_gap(rows: np.ndarray) -> np.ndarray:
+    """rows (N, >=6) of one frame -> (N,) horizontal gap to the nearest other box standing on
+    about the same ground line (bottoms within half the box height), in box widths, capped at
+    :data:`GAP_MAX` (also the value with no such box)."""
+    out = np.full(len(rows), GAP_MAX)
+    if len(rows) < 2:
+        return out
+    x1, y2, x2 = rows[:, 2], rows[:, 5], rows[:, 4]
+    w = np.maximum(x2 - x1, 1e-6)
+    h = np.maximum(rows[:, 5] - rows[:, 3], 1e-6)
+    gap = np.maximum(0.0, np.maximum(x1[None, :] - x2[:, None], x1[:, None] - x2[None, :])) / w[:, None]
+    same = np.abs(y2[None, :] - y2[:, None]) < 0.5 * h[:, None]
+    np.fill_diagonal(same, False)
+    gap = np.where(same, gap, GAP_MAX)
+    return np.minimum(gap.min(1), GAP_MAX)
+
+
+def thumbnails(img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N, THUMB_DIM) 6x6 RGB of each box in [0, 1] (zeros for a box under 2x2 pixels in view)."""
+    out = np.zeros((len(boxes), THUMB_DIM), np.float32)
+    for i, b in enumerate(boxes):
+        c = _crop(img, b, (_THUMB, _THUMB))
+        if c is not None:
+            out[i] = c.reshape(-1) / 255.0
+    return out
 
 
 def roi_features(grid: Tensor, boxes: list[np.ndarray], frame_wh: tuple[int, int], size: int,
@@ -118,15 +175,24 @@ def kinematics(track: np.ndarray, t: float, frame_wh: tuple[int, int]) -> np.nda
     else:
         vx = vy = 0.0
     wide = track[np.abs(ts - t) <= 1.0]
+    if not len(wide):  # t more than a second from the track (between its fragments): its nearest row
+        wide = track[i : i + 1]
     hh = np.maximum(wide[:, 5] - wide[:, 3], 1e-6)
     ww = np.maximum(wide[:, 4] - wide[:, 2], 1e-6)
     cy_sd = float(np.std((wide[:, 3] + wide[:, 5]) / 2) / max(h * H, 1e-6))
     bottom_sd = float(np.std(wide[:, 5]) / max(h * H, 1e-6))
     size_sd = float(np.std(ww / hh))
-    change = float(wide[:, 11].mean()) if len(wide) else 0.0
+    change = float(wide[:, 11].mean())
+    # a hand covers ~4% of the band; the background matches the box's colour now and then too,
+    # so the per-frame fraction saturates at 5% and what counts is how often it is there
+    above_match = float(np.minimum(wide[:, 12] / 0.05, 1.0).mean())
+    above_change = float(wide[:, 13].mean())
+    # the gap's rate of change: closing in on someone (meet) or walking off
+    dgap = (wide[-1, 14] - wide[0, 14]) / (wide[-1, 0] - wide[0, 0]) if wide[-1, 0] > wide[0, 0] else 0.0
     since, until = t - ts[0], ts[-1] - t
     return np.array([
         cx, cy, w, h, vx * 4, vy * 4, cy_sd * 4, bottom_sd * 4, size_sd * 4, track[i, 6],
         track[i, 7] / 80.0, np.log1p(max(since, 0.0)) / 4, np.log1p(max(until, 0.0)) / 4,
         track[i, 8], track[i, 9], track[i, 10], change * 10,
+        above_match, above_change * 10, track[i, 14] / GAP_MAX, float(np.clip(dgap, -GAP_MAX, GAP_MAX)) / GAP_MAX,
     ], dtype=np.float32)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .actions import ActionModel, decode, load_model
-from .actors import KIN_DIM, ROW_COLS, kinematics, pixel_stats, roi_features
+from .actors import KIN_DIM, ROW_COLS, THUMB_DIM, kinematics, neighbour_gap, pixel_stats, roi_features, thumbnails
 from .arena import Arena
 from .config import PipelineConfig, load_config
 from .encoder import FrameEncoder
@@ -55,7 +55,8 @@ class SpanData:
 
     start_s: float
     rows: np.ndarray
-    """(N, ROW_COLS) local track rows: t, id, x1, y1, x2, y2, conf, cls, r, g, b, change."""
+    """(N, ROW_COLS) local track rows: t, id, x1, y1, x2, y2, conf, cls, then per-box pixel and
+    neighbour numbers (:mod:`videoring.actors`)."""
     times: np.ndarray
     """(F,) encoder frame times (seconds)."""
     order: np.ndarray
@@ -248,7 +249,7 @@ class Pipeline:
                 if len(p["toks"]):  # a chunk without encoder frames saved an empty (0,) tensor
                     toks[n_tok : n_tok + len(p["toks"])] = p["toks"]
                     n_tok += len(p["toks"])
-            roi_store = Arena((self.encoder.dim * self.cfg.actions.roi_size ** 2,), torch.float16)
+            roi_store = Arena((self._appearance_dim(),), torch.float16)
             span.roi = [r for p in done_parts.get(k, []) for r in _kept(p["roi"], roi_store)]
             stats = pixel_stats()
             skip = sum(p["frames"] for p in done_parts.get(k, []))
@@ -282,7 +283,7 @@ class Pipeline:
                     n_tok += len(out.tokens)
                     recent = np.concatenate(rows_all[-2:]) if rows_all else np.zeros((0, ROW_COLS))
                     with clock("actors"):
-                        roi = self._roi(out.grid, en.timestamps, recent, (W, H))
+                        roi = self._roi(out.grid, en.images, en.timestamps, recent, (W, H))
                     span.roi += _kept(roi, roi_store)
                     order = real[np.searchsorted(e_idx, en.indices)]
                     got_t.append(en.timestamps)
@@ -311,11 +312,17 @@ class Pipeline:
         for img, t in zip(images, times):
             m = rows[:, 0] == t
             if m.any():
-                out[m, 8:] = stats(img, rows[m])
+                out[m, 8:14] = stats(img, rows[m])
+                out[m, 14] = neighbour_gap(rows[m])
         return out
 
-    def _roi(self, grid: Tensor, times: np.ndarray, rows: np.ndarray, wh: tuple[int, int]) -> list[dict[int, Tensor]]:
-        """Per encoder frame: the boxes tracked at (or just before) its time, RoI-pooled."""
+    def _appearance_dim(self) -> int:
+        return self.encoder.dim * self.cfg.actions.roi_size ** 2 + THUMB_DIM
+
+    def _roi(self, grid: Tensor, images: np.ndarray, times: np.ndarray, rows: np.ndarray,
+             wh: tuple[int, int]) -> list[dict[int, Tensor]]:
+        """Per encoder frame: the boxes tracked at (or just before) its time, RoI-pooled from the
+        patch grid, with each box's thumbnail from the frame."""
         tol = 1.0 / self.cfg.track.fps + 1e-6
         boxes, ids = [], []
         tr_times = np.unique(rows[:, 0]) if len(rows) else np.zeros(0)
@@ -326,6 +333,7 @@ class Pipeline:
             ids.append(r[:, 1].astype(int))
         # kept until the end of the video: fp16 halves the hour's ~45 MB of them (rounding 5e-4 relative)
         feats = roi_features(grid, boxes, wh, self.cfg.actions.roi_size, torch.float16)
+        feats = [torch.cat([f, torch.as_tensor(thumbnails(img, b)).to(f.dtype)], dim=1) for f, img, b in zip(feats, images, boxes)]
         return [dict(zip(i.tolist(), f)) for i, f in zip(ids, feats)]
 
     def _exchange_tracks(self, spans: list[SpanData]) -> tuple[np.ndarray, dict[tuple[int, int], dict[int, int]]]:
@@ -353,7 +361,7 @@ class Pipeline:
         for tid in by_id:
             by_id[tid] = by_id[tid][np.argsort(by_id[tid][:, 0])]
         A = self.cfg.actions.max_actors
-        rdim = self.encoder.dim * self.cfg.actions.roi_size ** 2
+        rdim = self._appearance_dim()
         T_piece = frame_pieces(len(self.grids(info)[0]), self.world, self.cfg.temporal.layout)[self.rank]
         tok_l, ts_l, fm_l, act_l, am_l, ids_l, order_l = [], [], [], [], [], [], []
         for k, ((start, stop), s) in enumerate(zip(T_piece, spans)):

@@ -26,11 +26,13 @@ from .io import atomic_path
 
 __all__ = ["RunState"]
 
+FORMAT = 2  # bumped when what a part holds changes (2: track rows of 15 columns): older states are ignored
+
 
 class RunState:
     def __init__(self, root: str | Path, rank: int, video_hash: str, cfg) -> None:
         self.dir = Path(root) / f"state-rank{rank}"
-        self.key = hashlib.blake2b((video_hash + json.dumps(asdict(cfg), sort_keys=True, default=str)).encode(),
+        self.key = hashlib.blake2b((f"{FORMAT}:" + video_hash + json.dumps(asdict(cfg), sort_keys=True, default=str)).encode(),
                                    digest_size=16).hexdigest()
         self.parts = 0
 

@@ -14,6 +14,18 @@ to ``dim``, with the actor token type and the frame's time encoding; absent
 actors are key-padded. A frame then has ``P + max_actors`` tokens, frame
 tokens first, and frame-causal masking uses ``causal_block = P + max_actors``.
 
+Recall (with actor tokens that carry a thumbnail): before the transformer, one
+fixed-form attention over all actor tokens of the past, frame-causal, asks "has
+someone who looks like this been here before, and how long ago?". Queries and
+keys are the same learned, L2-normalised projection of the thumbnail (cosine
+similarity times a learned temperature); the value is the key's timestamp, so
+the output is the similarity-weighted mean time of the look-alikes, turned into
+``log1p(t - mean)``: a few seconds for an actor first seen now (it matches only
+its own recent tokens), minutes for one that was here before. It goes into the
+actor token's features. This is the long-range path ``arrive`` vs ``return``
+needs, and it runs through :func:`ring_attention` like every layer, so it sees
+the whole video (or, in the ``window_s`` ablation, only its window).
+
 Output: every token's embedding and, per time step, the output of the frame's
 CLS slot.
 """
@@ -128,14 +140,44 @@ class Block(nn.Module):
         return x
 
 
+class Recall(nn.Module):
+    """Per actor token: log1p(seconds since the similarity-weighted look-alikes of the past)."""
+
+    TIME_UNIT_S = 1000.0  # timestamps enter the attention value in this unit (fp32: ~1e-4 s at 6 h)
+
+    def __init__(self, look_dim: int, dim: int = 32) -> None:
+        super().__init__()
+        self.proj = nn.Linear(look_dim, dim)
+        self.log_temp = nn.Parameter(torch.tensor(math.log(20.0)))
+
+    def forward(self, looks: Tensor, times: Tensor, mask: Tensor, group=None, layout: str = "contiguous") -> Tensor:
+        """looks (B, F, A, look_dim) in [0, 1], times (B, F), mask (B, F, A) -> (B, F, A, 1)."""
+        B, Fr, A, _ = looks.shape
+        # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns)
+        z = F.normalize(self.proj(looks.float() - 0.5), dim=-1).reshape(B, 1, Fr * A, -1) * (self.log_temp / 2).exp()
+        v = torch.zeros_like(z)
+        v[..., 0] = (times.float() / self.TIME_UNIT_S).unsqueeze(-1).expand(B, Fr, A).reshape(B, 1, Fr * A)
+        # frame-causal over the actor tokens (A per frame): only the past (and the same frame) is recalled
+        mean_t = ring_attention(z, z, v, causal=True, causal_block=A, key_padding_mask=mask.reshape(B, Fr * A),
+                                layout=layout, group=group, scale=1.0)[..., 0]
+        ago = (times.unsqueeze(-1) - mean_t.reshape(B, Fr, A).double() * self.TIME_UNIT_S).clamp_min(0)
+        return (torch.log1p(ago) / 4).float().unsqueeze(-1)
+
+
 class TemporalModel(nn.Module):
-    def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0) -> None:
+    def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0,
+                 look: slice | None = None) -> None:
+        """``look``: where the thumbnail sits in an actor token's features (enables :class:`Recall`)."""
         super().__init__()
         self.cfg = cfg
         self.P = tokens_per_frame
         self.A = max_actors
         self.in_proj = nn.Linear(in_dim, cfg.dim)
+        self.look = look
         if max_actors:
+            if look is not None:
+                self.recall = Recall(look.stop - look.start)
+                actor_dim += 1
             self.actor_proj = nn.Sequential(nn.LayerNorm(actor_dim), nn.Linear(actor_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.type_emb = nn.Embedding(2, cfg.dim)
         self.slot_emb = nn.Embedding(tokens_per_frame, cfg.dim)
@@ -153,10 +195,10 @@ class TemporalModel(nn.Module):
         Returns (token outputs (B, F, P [+ A], dim), per-time-step outputs (B, F, dim)). F is
         this rank's frame count, equal on every rank (pad the end, mask it).
         """
-        return self.encode(*self.embed(tokens, timestamps, frame_mask, actors, actor_mask), group)
+        return self.encode(*self.embed(tokens, timestamps, frame_mask, actors, actor_mask, group), group)
 
     def embed(self, tokens: Tensor, timestamps: Tensor, frame_mask: Tensor | None = None,
-              actors: Tensor | None = None, actor_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+              actors: Tensor | None = None, actor_mask: Tensor | None = None, group=None) -> tuple[Tensor, Tensor]:
         """The input sequence: (x (B, F, S, dim), key padding (B, F, S)), S = P [+ A] tokens per frame."""
         B, Fr, P, _ = tokens.shape
         if P != self.P:
@@ -168,6 +210,9 @@ class TemporalModel(nn.Module):
             if actors is None or actors.shape[2] != self.A:
                 raise ValueError(f"expected actor tokens of shape (B, F, {self.A}, D)")
             kpm = torch.cat([kpm, actor_mask & frame_mask.unsqueeze(2)], dim=2)
+            if self.look is not None:
+                recalled = self.recall(actors[..., self.look], timestamps, kpm[:, :, P:], group, self.cfg.layout)
+                actors = (actors, recalled)
         te = self.time_proj(time_encoding(timestamps, self.cfg.dim, self.cfg.time_scale_s))
         if torch.is_grad_enabled():
             return self._embed(tokens, actors, te), kpm
@@ -176,14 +221,18 @@ class TemporalModel(nn.Module):
         step = max(1, TOKEN_CHUNK // (P + self.A))
         for f in range(0, Fr, step):
             sl = slice(f, f + step)
-            x[:, sl] = self._embed(tokens[:, sl], actors[:, sl] if self.A else None, te[:, sl])
+            a = None
+            if self.A:
+                a = (actors[0][:, sl], actors[1][:, sl]) if self.look is not None else actors[:, sl]
+            x[:, sl] = self._embed(tokens[:, sl], a, te[:, sl])
         return x, kpm
 
-    def _embed(self, tokens: Tensor, actors: Tensor | None, te: Tensor) -> Tensor:
+    def _embed(self, tokens: Tensor, actors: Tensor | tuple[Tensor, Tensor] | None, te: Tensor) -> Tensor:
         x = self.in_proj(tokens) + self.slot_emb.weight[None, None] + self.type_emb.weight[TOKEN_FRAME]
         if self.A:
             # actor features may be stored in fp16 (the pipeline keeps the hour's in 34 MB, not 68)
-            a = self.actor_proj(actors.float()) + self.type_emb.weight[TOKEN_ACTOR]
+            feats = torch.cat([actors[0].float(), actors[1]], dim=-1) if self.look is not None else actors.float()
+            a = self.actor_proj(feats) + self.type_emb.weight[TOKEN_ACTOR]
             x = torch.cat([x, a], dim=2)
         return x + te.unsqueeze(2)
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .actions import ActionModel, save_model
+from .actors import KIN_DIM, ROW_COLS, THUMB_DIM
 from .config import PipelineConfig, _build, apply_overrides
 from .errors import ConfigError
 from .results import Results
@@ -208,7 +209,8 @@ class TrainJob:
 
         key_cfg = json.dumps({"enc": asdict(self.cfg.encoder), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
                               "act": asdict(self.cfg.actions), "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
-                              "seed": self.cfg.seed, "v": 1}, sort_keys=True)
+                              "seed": self.cfg.seed, "v": 2,
+                              "feat": [ROW_COLS, KIN_DIM, THUMB_DIM]}, sort_keys=True)  # what an actor token holds
         data = []
         cache = Path(self.opts.cache_dir)
         for i, v in list(enumerate(self._videos()))[self.rank :: self.world]:
