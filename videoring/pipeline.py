@@ -404,8 +404,8 @@ class Pipeline:
     @torch.inference_mode()
     def finish(self, video: str, info: VideoInfo, spans: list[SpanData]) -> Results | None:
         inp, rows = self.inputs(spans, info)
-        for s in spans:  # in inp now: let them go before the model's own peak
-            s.roi, s.tokens = [], s.tokens.new_zeros(0, *s.tokens.shape[1:])
+        for s in spans:  # in inp (and the stitched rows) now: let them go before the model's own peak
+            s.roi, s.tokens, s.rows = [], s.tokens.new_zeros(0, *s.tokens.shape[1:]), np.zeros((0, ROW_COLS))
         out = self._windowed(inp) if self.cfg.temporal.window_s else self.model.infer(inp, self.group)
         fm = inp.frame_mask[0]
         times = inp.times[0][fm].numpy()

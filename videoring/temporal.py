@@ -153,8 +153,10 @@ class Recall(nn.Module):
     def forward(self, looks: Tensor, times: Tensor, mask: Tensor, group=None, layout: str = "contiguous") -> Tensor:
         """looks (B, F, A, look_dim) in [0, 1], times (B, F), mask (B, F, A) -> (B, F, A, 1)."""
         B, Fr, A, _ = looks.shape
-        # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns)
-        z = F.normalize(self.proj(looks.float() - 0.5), dim=-1).reshape(B, 1, Fr * A, -1) * (self.log_temp / 2).exp()
+        # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
+        # at inference a chunk of frames at a time (the hour's fp32 copies of the looks: ~30 MB)
+        z = tokenwise(lambda c: F.normalize(self.proj(c.float() - 0.5), dim=-1), looks, 1, max(1, TOKEN_CHUNK // A))
+        z = z.reshape(B, 1, Fr * A, -1) * (self.log_temp / 2).exp()
         v = torch.zeros_like(z)
         v[..., 0] = (times.float() / self.TIME_UNIT_S).unsqueeze(-1).expand(B, Fr, A).reshape(B, 1, Fr * A)
         # frame-causal over the actor tokens (A per frame): only the past (and the same frame) is recalled
