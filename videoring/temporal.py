@@ -143,7 +143,7 @@ class Block(nn.Module):
 class Recall(nn.Module):
     """Per actor token: log1p(seconds since the similarity-weighted look-alikes of the past)."""
 
-    TIME_UNIT_S = 1000.0  # timestamps enter the attention value in this unit (fp32: ~1e-4 s at 6 h)
+    TIME_UNIT_S = 1000.0  # timestamps enter the attention value in this unit (fp32: ~2 ms at 6 h)
 
     def __init__(self, look_dim: int, dim: int = 32) -> None:
         super().__init__()
