@@ -2,9 +2,10 @@
 
     python pipelines/train_actions.py [--out sample_data/actions_tiny.safetensors] [key=value ...]
 
-1. Synthesizes the training set (seeds 2000+: 2-5 minute clips at varied sizes
-   and frame rates, with and without pan, plus 20-25 minute clips that hold
-   returns 10+ minutes after the first visit) into --data.
+1. Synthesizes the training set into --data: --batches sets (default 2) of
+   --short 2-5 minute clips at varied sizes and frame rates, with and without
+   pan, plus --long 20-25 minute clips that hold returns 10+ minutes after the
+   first visit; set b has seeds 2000 + 100 b + i.
 2. Trains with configs/train_synth.yaml (frozen ViT-Tiny from the config's
    seed; actor tokens from the shipped detector's own tracks, labelled by IoU
    with the ground truth, as inference sees them; see videoring.train).
@@ -31,14 +32,22 @@ SIZES = ((320, 240), (480, 270), (256, 192), (400, 300), (640, 360))
 FPS = (10.0, 12.0, 15.0, 25.0, 8.0)
 
 
-def make_clips(root: Path, n_short: int, n_long: int) -> list[str]:
+def make_clips(root: Path, n_short: int, n_long: int, batches: int = 1) -> list[str]:
+    """``batches`` sets of n_short + n_long clips; set b has seeds 2000 + 100 b + i."""
+    out = []
+    for b in range(batches):
+        out += _batch(root, n_short, n_long, 2000 + 100 * b)
+    return out
+
+
+def _batch(root: Path, n_short: int, n_long: int, base: int) -> list[str]:
     import numpy as np
 
     root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(2000)
+    rng = np.random.default_rng(base)
     out = []
     for i in range(n_short + n_long):
-        seed = 2000 + i
+        seed = base + i
         long = i >= n_short
         dur = float(rng.uniform(1200, 1500)) if long else float(rng.uniform(120, 300))
         size = (320, 240) if long else SIZES[i % len(SIZES)]
@@ -59,11 +68,12 @@ def main() -> None:
     ap.add_argument("--config", default="configs/train_synth.yaml")
     ap.add_argument("--short", type=int, default=48)
     ap.add_argument("--long", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=2, help="sets of --short + --long clips (seeds 2000+, 2100+, ...)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (train.epochs=40 ...)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    videos = make_clips(Path(args.data), args.short, args.long)
+    videos = make_clips(Path(args.data), args.short, args.long, args.batches)
     t_data = time.perf_counter() - t0
     cfg = load_train_config(args.config, [f"train.videos={json.dumps(videos)}", *args.overrides])
     t1 = time.perf_counter()

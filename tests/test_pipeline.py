@@ -54,6 +54,30 @@ def test_tracks_match_ground_truth(analyzed, clip):
     assert m["MOTA"] >= 0.72, m
     assert m["HOTA"] >= 0.48, m
     assert len(gt.tracks) <= len(pred.tracks) <= 2 * len(gt.tracks), (len(pred.tracks), len(gt.tracks))
+    assert all(t.id > 0 for t in pred.tracks)  # the spare detections never reach the results
+
+
+def test_every_detection_is_a_track_box_or_a_spare(clip):
+    """Tracked rows carry the detector's own box beside the Kalman filter's (which lags), and
+    each detection comes back exactly once: in a track, or as a spare for extend_tracks."""
+    from videoring.config import TrackConfig
+    from videoring.sampling import Sampling
+    from videoring.source import VideoSource
+    from videoring.tracking import SPARE, Tracker
+
+    chunk = VideoSource(clip).read_all(Sampling(fps=10.0, end_s=8.0))
+    trk = Tracker(TrackConfig())
+    trk.reset((chunk.images.shape[2], chunk.images.shape[1]))
+    dets = trk.detect(chunk.images)
+    trk.reset((chunk.images.shape[2], chunk.images.shape[1]))
+    rows = trk.update(chunk.images, chunk.timestamps)
+    assert (rows[:, 1] > 0).any() and (rows[:, 1] == SPARE).any()
+    for t, d in zip(chunk.timestamps, dets):
+        got = rows[rows[:, 0] == t]
+        want = d.boxes.xyxy.cpu().numpy()
+        assert len(got) == len(want)
+        key = lambda b: np.round(np.asarray(b, np.float64), 3).tolist()  # noqa: E731
+        assert sorted(map(key, got[:, 8:12])) == sorted(map(key, want))
 
 
 def test_results_json_validates_against_schema(analyzed):

@@ -192,3 +192,42 @@ def test_thumbnails_and_kinematics_shapes():
     k = kinematics(track, 0.2, (40, 40))
     assert k.shape == (KIN_DIM,) and np.isfinite(k).all()
     assert k[-2] == pytest.approx(1.6 / 4) and k[-1] == pytest.approx(-2.0 / 4)
+
+
+def test_extend_tracks_grows_a_late_track_back_through_spare_detections():
+    """An actor walks in at t=0 but scores under new_thresh until t=1: its track starts at 1.0.
+    The spare detections on its path before that join it; a spare elsewhere, one past a
+    3-frame hole and one beyond ``max_s`` do not; none is taken twice."""
+    from videoring.tracking import SPARE, extend_tracks
+
+    track = _rows(7, 1.0, 3.0, 10, 40, step=0.1)  # x = 10 + 40 (t - 1), moving right
+    path = _rows(SPARE, 0.0, 1.0, -30, 40, step=0.1)  # where it was: x = -30 + 40 t
+    far = _rows(SPARE, 0.5, 0.8, 200, 0, step=0.1)  # someone else, standing far away
+    out = extend_tracks(track, np.concatenate([path, far]), fps=10.0, max_s=3.0)
+    grown = out[len(track):]
+    assert set(grown[:, 1].astype(int)) == {7}
+    assert np.allclose(np.sort(grown[:, 0]), path[:, 0])  # all of the path, nothing of `far`
+    # at most max_s: only 0.5 s back
+    short = extend_tracks(track, path, fps=10.0, max_s=0.5)
+    assert np.allclose(np.sort(short[len(track):, 0]), [0.5, 0.6, 0.7, 0.8, 0.9])
+    # a hole of 3 tracking frames (0.6-0.8 missing) ends the growth
+    holed = path[(path[:, 0] < 0.55) | (path[:, 0] > 0.85)]
+    assert np.allclose(np.sort(extend_tracks(track, holed, fps=10.0, max_s=3.0)[len(track):, 0]), [0.9])
+    # forward from the end, and each spare joins one track only
+    after = _rows(SPARE, 3.0, 3.5, 90, 40, step=0.1)
+    twin = track.copy()
+    twin[:, 1] = 8
+    out = extend_tracks(np.concatenate([track, twin]), after, fps=10.0, max_s=3.0)
+    assert len(out) == 2 * len(track) + len(after)
+    assert np.allclose(np.sort(out[2 * len(track):, 0]), after[:, 0])
+
+
+def test_extend_tracks_fills_a_gap_without_crossing_the_next_piece():
+    from videoring.tracking import SPARE, extend_tracks
+
+    a = _rows(3, 0.0, 1.0, 0, 40, step=0.1)
+    b = _rows(3, 2.0, 3.0, 80, 40, step=0.1)  # the same track after a 1 s gap (occlusion)
+    gap = _rows(SPARE, 1.0, 2.0, 40, 40, step=0.1)
+    out = extend_tracks(np.concatenate([a, b]), gap, fps=10.0, max_s=3.0)
+    t = np.sort(out[out[:, 1] == 3, 0])
+    assert np.allclose(t, np.arange(0.0, 2.95, 0.1))  # one box per frame, no time twice

@@ -63,6 +63,8 @@ class TemporalConfig:
     """Ring placement: 'contiguous' or 'zigzag' (balances causal work)."""
     time_scale_s: float = 10000.0
     """Longest period of the sinusoidal time encoding, in seconds."""
+    dropout: float = 0.0
+    """Training only: dropout on the actor features and on each block's residual updates."""
     window_s: float = 0.0
     """0 = attend over the whole video. > 0: independent windows of this many seconds
     (the local-attention ablation that shows what whole-video attention buys; one rank)."""
@@ -74,6 +76,8 @@ class TemporalConfig:
             raise ConfigError(f"temporal.depth: got {self.depth!r}; use an integer >= 1")
         if self.layout not in ("contiguous", "zigzag"):
             raise ConfigError(f"temporal.layout: got {self.layout!r}; use 'contiguous' or 'zigzag'")
+        if not (0 <= self.dropout < 1):
+            raise ConfigError(f"temporal.dropout: got {self.dropout!r}; use 0 <= dropout < 1")
         if not (self.window_s >= 0 and math.isfinite(self.window_s)):
             raise ConfigError(f"temporal.window_s: got {self.window_s!r}; use 0 (whole video) or a positive number of seconds")
         if not (self.time_scale_s > 0 and math.isfinite(self.time_scale_s)):
@@ -135,6 +139,10 @@ class TrackConfig:
     """Each time span is tracked from this many seconds earlier, to stitch IDs across spans."""
     merge_gap_s: float = 4.0
     """Join track fragments of one actor separated by at most this many seconds (0 = off)."""
+    extend_s: float = 3.0
+    """Grow each track, back from its start and on from its end (and into its gaps), by up to this
+    many seconds through the detections the online tracker left unused (0 = off): an actor walking
+    in scores under ``new_thresh`` until most of it is in view, so its track starts late."""
     export: str = "openvino"
     """'none' (PyTorch), 'onnx' or 'openvino': export the .pt once (cached beside it) and detect with that."""
 
@@ -159,6 +167,8 @@ class TrackConfig:
                 raise ConfigError(f"track.{key}: got {v!r}; use a score from 0 to 1 or null")
         if not (0 <= self.merge_gap_s <= 60):
             raise ConfigError(f"track.merge_gap_s: got {self.merge_gap_s!r}; use 0 (off) to 60 seconds")
+        if not (0 <= self.extend_s <= 60):
+            raise ConfigError(f"track.extend_s: got {self.extend_s!r}; use 0 (off) to 60 seconds")
         if self.export not in ("none", "onnx", "openvino"):
             raise ConfigError(f"track.export: got {self.export!r}; use 'none', 'onnx' or 'openvino'")
 

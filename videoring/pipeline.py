@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .actions import ActionModel, decode, load_model
-from .actors import KIN_DIM, ROW_COLS, THUMB_DIM, kinematics, neighbour_gap, pixel_stats, roi_features, thumbnails
+from .actors import DET_BOX, KIN_DIM, ROW_COLS, THUMB_DIM, kinematics, neighbour_gap, pixel_stats, roi_features, thumbnails
 from .arena import Arena
 from .config import PipelineConfig, load_config
 from .encoder import FrameEncoder
@@ -41,7 +41,7 @@ from .results import ClipAction, Results, Track, VideoMeta
 from .ring.comm import world_of
 from .sampling import Sampling, SamplingPlan, select_indices
 from .source import VideoSource
-from .tracking import Tracker, merge_tracklets, stitch
+from .tracking import SPARE, Tracker, extend_tracks, merge_tracklets, stitch
 from .videoinfo import VideoInfo, probe
 
 __all__ = ["Pipeline", "SpanData", "ModelInputs"]
@@ -56,7 +56,8 @@ class SpanData:
     start_s: float
     rows: np.ndarray
     """(N, ROW_COLS) local track rows: t, id, x1, y1, x2, y2, conf, cls, then per-box pixel and
-    neighbour numbers (:mod:`videoring.actors`)."""
+    neighbour numbers, then the detection's own box (:data:`videoring.actors.ROW_COLS`); the
+    detections no track took are rows too, with id ``SPARE``."""
     times: np.ndarray
     """(F,) encoder frame times (seconds)."""
     order: np.ndarray
@@ -308,12 +309,13 @@ class Pipeline:
             rows = gt_rows[ok][:, :8].copy()
             rows[:, 0] = times[near[ok]]
         out = np.zeros((len(rows), ROW_COLS))
-        out[:, :8] = rows
+        out[:, :8] = rows[:, :8]
+        out[:, DET_BOX] = rows[:, 8:12] if rows.shape[1] >= 12 else rows[:, 2:6]  # ground truth: one box
         for img, t in zip(images, times):
             m = rows[:, 0] == t
             if m.any():
                 out[m, 8:14] = stats(img, rows[m])
-                out[m, 14] = neighbour_gap(rows[m])
+                out[m, 14] = neighbour_gap(rows[m], rows[m, 1] != SPARE)  # spare boxes are no one's neighbour
         return out
 
     def _appearance_dim(self) -> int:
@@ -326,6 +328,7 @@ class Pipeline:
         tol = 1.0 / self.cfg.track.fps + 1e-6
         boxes, ids = [], []
         tr_times = np.unique(rows[:, 0]) if len(rows) else np.zeros(0)
+        rows = rows[rows[:, 1] != SPARE]
         for t in times:
             near = tr_times[(tr_times <= t + 1e-9) & (tr_times > t - tol)]
             r = rows[rows[:, 0] == near.max()] if len(near) else np.zeros((0, ROW_COLS))
@@ -336,26 +339,30 @@ class Pipeline:
         feats = [torch.cat([f, torch.as_tensor(thumbnails(img, b)).to(f.dtype)], dim=1) for f, img, b in zip(feats, images, boxes)]
         return [dict(zip(i.tolist(), f)) for i, f in zip(ids, feats)]
 
-    def _exchange_tracks(self, spans: list[SpanData]) -> tuple[np.ndarray, dict[tuple[int, int], dict[int, int]]]:
-        """Every rank gets all spans' rows, stitches them identically -> global rows and id maps."""
+    def _exchange_tracks(self, spans: list[SpanData]) -> tuple[np.ndarray, dict[tuple[int, int], dict[int, int]], np.ndarray]:
+        """Every rank gets all spans' rows, stitches them identically -> global rows, id maps and
+        the spare detections (each time owned once)."""
         mine = [(s.start_s, self.rank, k, s.rows) for k, s in enumerate(spans) if math.isfinite(s.start_s)]
         if self.world > 1:
             allv: list = [None] * self.world
             dist.all_gather_object(allv, mine, group=self.group)
             mine = [x for part in allv for x in part]
         mine.sort(key=lambda x: x[0])
-        rows, maps = stitch([(s, r) for s, _, _, r in mine])
-        return rows, {(rk, k): m for (_, rk, k, _), m in zip(mine, maps)}
+        rows, maps = stitch([(s, r[r[:, 1] != SPARE]) for s, _, _, r in mine])
+        spare = [r[(r[:, 1] == SPARE) & (r[:, 0] >= s)] for s, _, _, r in mine]
+        spare = np.concatenate(spare) if spare else np.zeros((0, ROW_COLS))
+        return rows, {(rk, k): m for (_, rk, k, _), m in zip(mine, maps)}, spare
 
     def inputs(self, spans: list[SpanData], info: VideoInfo) -> tuple[ModelInputs, np.ndarray]:
         """Stitch tracks, build this rank's padded frame + actor token tensors; returns (inputs, global rows)."""
-        rows, maps = self._exchange_tracks(spans)
+        rows, maps, spare = self._exchange_tracks(spans)
         if self.cfg.track.merge_gap_s > 0:
             merged = merge_tracklets(rows, self.cfg.track.merge_gap_s)
             # actor tokens name span-local IDs: follow them to the merged ones
             remap = dict(zip(rows[:, 1].astype(int).tolist(), merged[:, 1].astype(int).tolist()))
             maps = {key: {loc: remap.get(g, g) for loc, g in m.items()} for key, m in maps.items()}
             rows = merged
+        rows = extend_tracks(rows, spare, self.cfg.track.fps, self.cfg.track.extend_s)
         keep = _long_tracks(rows, self.cfg.actions.min_track_s)
         by_id = {tid: rows[rows[:, 1] == tid] for tid in keep}
         for tid in by_id:
@@ -540,6 +547,7 @@ def _meta(video: str, info: VideoInfo) -> VideoMeta:
 def _by_track(rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """(track id, its rows in time order) per track; one sort, not a scan of all rows per track
     (that was quadratic on an hour: hundreds of tracks x 10^5 rows, after every chunk)."""
+    rows = rows[rows[:, 1] != SPARE]  # the partial results' rows still hold the spare detections
     if not len(rows):
         return []
     r = rows[np.lexsort((rows[:, 0], rows[:, 1]))]
@@ -556,6 +564,6 @@ def _tracks_from_rows(rows: np.ndarray, min_s: float) -> list[Track]:
     for tid, r in _by_track(rows):
         if r[-1, 0] - r[0, 0] < min_s:
             continue
-        boxes = [[round(float(x[0]), 6), *(round(float(v), 2) for v in x[2:6]), round(float(x[6]), 4)] for x in r]
+        boxes = [[round(float(x[0]), 6), *(round(float(v), 2) for v in x[DET_BOX]), round(float(x[6]), 4)] for x in r]
         out.append(Track(int(tid), "actor", boxes))
     return out

@@ -93,6 +93,7 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.dim
         self.heads = cfg.heads
+        self.drop = nn.Dropout(cfg.dropout)
         self.norm1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
@@ -109,8 +110,8 @@ class Block(nn.Module):
         a = ring_attention(q, k, v, causal=causal, causal_block=block, key_padding_mask=kpm, layout=layout, group=group)
         del qkv, q, k, v
         if torch.is_grad_enabled():
-            x = x + self.proj(a.transpose(1, 2).reshape(B, S, d))
-            return x + self.mlp(self.norm2(x))
+            x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, S, d)))
+            return x + self.drop(self.mlp(self.norm2(x)))
         # inference: residual updates in place, a chunk of tokens at a time (memory O(chunk), not O(S))
         a = a.transpose(1, 2)
         for i in range(0, S, TOKEN_CHUNK):
@@ -176,6 +177,7 @@ class TemporalModel(nn.Module):
         self.A = max_actors
         self.in_proj = nn.Linear(in_dim, cfg.dim)
         self.look = look
+        self.drop = nn.Dropout(cfg.dropout)
         if max_actors:
             if look is not None:
                 self.recall = Recall(look.stop - look.start)
@@ -234,7 +236,7 @@ class TemporalModel(nn.Module):
         if self.A:
             # actor features may be stored in fp16 (the pipeline keeps the hour's in 34 MB, not 68)
             feats = torch.cat([actors[0].float(), actors[1]], dim=-1) if self.look is not None else actors.float()
-            a = self.actor_proj(feats) + self.type_emb.weight[TOKEN_ACTOR]
+            a = self.actor_proj(self.drop(feats)) + self.type_emb.weight[TOKEN_ACTOR]
             x = torch.cat([x, a], dim=2)
         return x + te.unsqueeze(2)
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .actions import ActionModel, save_model
-from .actors import KIN_DIM, ROW_COLS, THUMB_DIM
+from .actors import DET_BOX, KIN_DIM, ROW_COLS, THUMB_DIM
 from .config import PipelineConfig, _build, apply_overrides
 from .errors import ConfigError
 from .results import Results
@@ -134,7 +134,7 @@ def label_inputs(inp, rows: np.ndarray, gt: Results, labels: list[str]) -> dict[
             r = rows[(rows[:, 1] == g) & (np.abs(rows[:, 0] - t) < 1e-3)]
             if not len(r):
                 continue
-            ious = box_iou(r[:1, 2:6], np.stack([c[1] for c in cand]))[0]
+            ious = box_iou(r[:1, DET_BOX], np.stack([c[1] for c in cand]))[0]  # the box the results report
             k = int(ious.argmax())
             if ious[k] >= 0.5:
                 actor[f, j] = _label_at(acts, cand[k][0], t, lab)
