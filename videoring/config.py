@@ -190,7 +190,7 @@ class ActionConfig:
     """Tracks shorter than this (seconds) are dropped as noise."""
     smooth_s: float = 0.8
     """Gaussian sigma (seconds) over each track's per-step label probabilities before decoding;
-    0 = off. The shipped model with 0.8 s: segment mAP@0.5 0.439 -> 0.526 on the held-out short clips,
+    0 = off. Measured on session 5's model, with 0.8 s: segment mAP@0.5 0.439 -> 0.526 on the held-out short clips,
     return/arrive 0.771 -> 0.735 (docs/actions.md); 0.8 was picked over 0.5 and 1.2 in an offline sweep."""
 
     def __post_init__(self) -> None:

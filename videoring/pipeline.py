@@ -341,17 +341,26 @@ class Pipeline:
 
     def _exchange_tracks(self, spans: list[SpanData]) -> tuple[np.ndarray, dict[tuple[int, int], dict[int, int]], np.ndarray]:
         """Every rank gets all spans' rows, stitches them identically -> global rows, id maps and
-        the spare detections (each time owned once)."""
-        mine = [(s.start_s, self.rank, k, s.rows) for k, s in enumerate(spans) if math.isfinite(s.start_s)]
+        the spare detections (each time owned once). The spans' rows are consumed: the hour's
+        (19 columns, spares included) are tens of MB, and each copy adds to the peak."""
+        mine, spare = [], []
+        for k, s in enumerate(spans):
+            if math.isfinite(s.start_s):
+                r, s.rows = s.rows, np.zeros((0, ROW_COLS))
+                spare.append(r[(r[:, 1] == SPARE) & (r[:, 0] >= s.start_s)])
+                mine.append((s.start_s, self.rank, k, r[r[:, 1] != SPARE]))
+                del r
         if self.world > 1:
             allv: list = [None] * self.world
-            dist.all_gather_object(allv, mine, group=self.group)
-            mine = [x for part in allv for x in part]
+            dist.all_gather_object(allv, (mine, spare), group=self.group)
+            mine = [x for part in allv for x in part[0]]
+            spare = [x for part in allv for x in part[1]]
         mine.sort(key=lambda x: x[0])
-        rows, maps = stitch([(s, r[r[:, 1] != SPARE]) for s, _, _, r in mine])
-        spare = [r[(r[:, 1] == SPARE) & (r[:, 0] >= s)] for s, _, _, r in mine]
+        keys = [(rk, k) for _, rk, k, _ in mine]
+        rows, maps = stitch([(s, r) for s, _, _, r in mine])
+        del mine
         spare = np.concatenate(spare) if spare else np.zeros((0, ROW_COLS))
-        return rows, {(rk, k): m for (_, rk, k, _), m in zip(mine, maps)}, spare
+        return rows, dict(zip(keys, maps)), spare
 
     def inputs(self, spans: list[SpanData], info: VideoInfo) -> tuple[ModelInputs, np.ndarray]:
         """Stitch tracks, build this rank's padded frame + actor token tensors; returns (inputs, global rows)."""
@@ -411,6 +420,8 @@ class Pipeline:
     @torch.inference_mode()
     def finish(self, video: str, info: VideoInfo, spans: list[SpanData]) -> Results | None:
         inp, rows = self.inputs(spans, info)
+        # the results need t, id, the reported box and conf: 7 of the 19 columns through the model
+        rows = np.concatenate([rows[:, :2], rows[:, DET_BOX], rows[:, 6:7]], 1)
         for s in spans:  # in inp (and the stitched rows) now: let them go before the model's own peak
             s.roi, s.tokens, s.rows = [], s.tokens.new_zeros(0, *s.tokens.shape[1:]), np.zeros((0, ROW_COLS))
         out = self._windowed(inp) if self.cfg.temporal.window_s else self.model.infer(inp, self.group)
@@ -432,7 +443,7 @@ class Pipeline:
         order = np.argsort(times)
         dense = np.concatenate([p[1] for p in allp])[order]
         obs = [o for p in allp for o in p[2]]
-        tracks = _tracks_from_rows(rows, self.cfg.actions.min_track_s)
+        tracks = _tracks_from_rows(rows, self.cfg.actions.min_track_s, box=slice(2, 6))
         span = {t.id: (t.boxes[0][0], t.boxes[-1][0] + 1.0 / self.cfg.track.fps) for t in tracks}
         actions, segments = decode(self.cfg.actions, times[order], dense, obs, span)
         clip = torch.sigmoid(out.clip[0]).numpy()
@@ -559,11 +570,12 @@ def _long_tracks(rows: np.ndarray, min_s: float) -> set[int]:
     return {tid for tid, r in _by_track(rows) if r[-1, 0] - r[0, 0] >= min_s}
 
 
-def _tracks_from_rows(rows: np.ndarray, min_s: float) -> list[Track]:
+def _tracks_from_rows(rows: np.ndarray, min_s: float, box: slice = DET_BOX) -> list[Track]:
+    """``box``: the columns of the reported box (conf is column 6 either way)."""
     out = []
     for tid, r in _by_track(rows):
         if r[-1, 0] - r[0, 0] < min_s:
             continue
-        boxes = [[round(float(x[0]), 6), *(round(float(v), 2) for v in x[DET_BOX]), round(float(x[6]), 4)] for x in r]
+        boxes = [[round(float(x[0]), 6), *(round(float(v), 2) for v in x[box]), round(float(x[6]), 4)] for x in r]
         out.append(Track(int(tid), "actor", boxes))
     return out

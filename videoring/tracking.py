@@ -226,7 +226,7 @@ def stitch(spans: list[tuple[float, np.ndarray]], min_iou: float = 0.5) -> tuple
                     continue
                 mapping[a] = prev_map[b]
                 used_b.add(b)
-        own = rows[rows[:, 0] >= start].copy()
+        own = rows[rows[:, 0] >= start]  # a copy (boolean indexing)
         for local in np.unique(own[:, 1]).astype(int):
             if local not in mapping:
                 mapping[local] = next_id
@@ -237,6 +237,8 @@ def stitch(spans: list[tuple[float, np.ndarray]], min_iou: float = 0.5) -> tuple
         maps.append(mapping)
         # own rows now carry global IDs: the next span matches against them directly
         prev_rows, prev_map = own, {g: g for g in mapping.values()}
+    if len(out) == 1:
+        return out[0], maps
     return (np.concatenate(out) if out else np.zeros((0, 8))), maps
 
 
