@@ -10,8 +10,9 @@ Needs only torch (and timm for the encoder row). Writes DIR/gpu_check.json:
    bf16, fp16 and fp64; non-causal, causal, frame-causal with key padding
    inside the sequence. For bf16/fp16 the error of torch's own SDPA in the
    same dtype is the yardstick.
-2. Several ranks on one GPU: NCCL (expected to refuse two ranks on one
-   device) and gloo with CUDA tensors; whatever runs is checked against float64.
+2. Several ranks on one GPU (W = 2, 3, 4): gloo, which carries the CUDA
+   tensors through host copies (NCCL refuses two ranks on one device); both
+   layouts, fp32 and bf16, against float64, bf16 beside torch's SDPA in bf16.
 3. Timings: ring attention at one rank against torch's SDPA on the same
    problem (4k-64k tokens, H=8, D=64), the hour's masked frame + actor sequence
    (39,600 tokens, frame-causal blocks of 11, absent actors key-padded), the
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from videoring.ring import ring_attention  # noqa: E402
+from videoring.ring import kernels  # noqa: E402
 from videoring.ring.kernels import get_kernel  # noqa: E402
 
 
@@ -99,89 +101,106 @@ def correctness(device, small):
     return rows
 
 
-def efficient_bwd_probe(device, small):
-    """Which inputs torch's fused efficient-attention backward needs to be right in bf16.
-
-    Variants: the forward's own out/lse/philox tensors, or fresh contiguous ones (what a
-    ring passes: the merged output and log-sum-exp)."""
+def flash_bwd_probe(device, small):
+    """FlashAttention-2's backward op as the ring calls it (final out and lse handed in,
+    no cumulative lengths), against float64: the diagnosis if its self-check fails."""
     if device != "cuda":
         return []
-    ops = torch.ops.aten
+    from videoring.ring.kernels import _flash_bwd, _flash_fwd
+
     rows = []
     for S in (300, 5000):
-        (q, k, v, do), _, _ = make(S, 2, 64, False, 1, False, torch.bfloat16, device)
-        ref = reference(q, k, v, do, None)
-        out, lse, seed, off = ops._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=0.125)
-        variants = {
-            "own out, own lse, own philox": (out, lse, seed, off),
-            "contiguous out": (out.contiguous(), lse, seed, off),
-            "own out, zero philox": (out, lse, torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device)),
-            "fp32 lse re-padded": (out, torch.nn.functional.pad(lse[..., :S].float(), (0, (-S) % 32)).contiguous(), seed, off),
-        }
-        for name, (o, l, sd, of) in variants.items():
+        for causal in (False, True):
+            (q, k, v, do), _, mask = make(S, 2, 64, causal, 1, False, torch.bfloat16, device)
+            ref = reference(q, k, v, do, mask)
             try:
-                g = ops._scaled_dot_product_efficient_attention_backward(do.contiguous(), q, k, v, None, o, l, sd, of, 0.0, [True, True, True, False], False, scale=0.125)
-                rows.append({"S": S, "variant": name, "out_stride": list(o.stride()), "err": max_err([out, *g[:3]], ref)})
+                out, lse = _flash_fwd(q, k, v, causal, 0.125)
+                g = _flash_bwd(do, q, k, v, ref[0].float(), lse, causal, 0.125)
+                rows.append({"S": S, "causal": causal, "err": max_err([out, *g], ref)})
             except Exception as e:
-                rows.append({"S": S, "variant": name, "error": repr(e)[:300]})
+                rows.append({"S": S, "causal": causal, "error": repr(e)[:400]})
             print(rows[-1], flush=True)
     return rows
 
 
 # ------------------------------------------------------------ several ranks, one GPU
-def _rank_main(rank, world, backend, store_path, device, q_path, res_path):
+MULTI_H, MULTI_D = 2, 64  # tokens: 6,600 (--small: 1,320), divisible by 2W for W = 2, 3, 4 (zigzag)
+MULTI_CASES = [(dtype, layout, name, causal, block, holes)
+               for dtype in (torch.float32, torch.bfloat16)
+               for layout in ("contiguous", "zigzag")
+               for name, causal, block, holes in (("non-causal", False, 1, False), ("frame-causal 11 + pad", True, 11, True))]
+
+
+def _rank_main(rank, world, S, store_path, device, res_path):
+    """One rank of a gloo world on the one GPU (device tensors staged through host memory)."""
     import torch.distributed as dist
+
+    from videoring.ring.layout import chunks_of
 
     try:
         if device == "cuda":
             torch.cuda.set_device(0)
-        store = dist.FileStore(store_path, world)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
-        data = torch.load(q_path)
-        S = data["q"].shape[2]
-        n = S // world
-        sl = slice(rank * n, (rank + 1) * n)
-        take = lambda t: t[:, :, sl].to(device).detach().clone().requires_grad_(True)
-        q, k, v = take(data["q"]), take(data["k"]), take(data["v"])
-        out = ring_attention(q, k, v, causal=True, causal_block=11, key_padding_mask=data["pad"][:, sl].to(device))
-        out.backward(data["do"][:, :, sl].to(device))
-        torch.save({"out": out.detach().cpu(), "dq": q.grad.cpu(), "dk": k.grad.cpu(), "dv": v.grad.cpu()}, f"{res_path}.{rank}")
+        dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+        res = []
+        for dtype, layout, _, causal, block, holes in MULTI_CASES:
+            (q, k, v, do), pad, _ = make(S, MULTI_H, MULTI_D, causal, block, holes, torch.float64, "cpu")
+            pos = torch.cat([torch.arange(g, g + n) for _, g, n in chunks_of(rank, world, S // world, layout)])
+            take = lambda t: t[:, :, pos].to(device, dtype).detach().clone().requires_grad_(True)
+            ql, kl, vl = take(q), take(k), take(v)
+            out = ring_attention(ql, kl, vl, causal=causal, causal_block=block, layout=layout,
+                                 key_padding_mask=None if pad is None else pad[:, pos].to(device))
+            out.backward(do[:, :, pos].to(device, dtype))
+            res.append({"pos": pos, **{n: t.detach().cpu() for n, t in (("out", out), ("dq", ql.grad), ("dk", kl.grad), ("dv", vl.grad))}})
+        torch.save(res, f"{res_path}.{rank}")
         dist.barrier()
         dist.destroy_process_group()
     except BaseException:
         Path(f"{res_path}.{rank}.err").write_text(traceback.format_exc())
 
 
-def multi_rank(device, world=2):
+def multi_rank(device, small, worlds=(2, 3, 4)):
+    """W ranks on one GPU over gloo, every case against float64; bf16 beside torch's SDPA in bf16."""
     import torch.multiprocessing as mp
 
+    S = 1320 if small else 6600
+    refs, sdpa = [], []
+    for dtype, layout, name, causal, block, holes in MULTI_CASES:
+        (q, k, v, do), pad, mask = make(S, MULTI_H, MULTI_D, causal, block, holes, torch.float64, device)
+        refs.append(reference(q, k, v, do, mask))
+        sdpa.append(max_err(sdpa_run(*(t.to(dtype) for t in (q, k, v, do)), mask), refs[-1]) if dtype != torch.float32 else None)
     rows = []
-    (q, k, v, do), pad, mask = make(2 * 1100, 2, 64, True, 11, True, torch.float32, "cpu")
-    ref = reference(q, k, v, do, mask)
-    for backend in ("nccl", "gloo"):
-        if backend == "nccl" and device != "cuda":
-            continue
+    for world in worlds:
         with tempfile.TemporaryDirectory() as tmp:
-            qp, rp = os.path.join(tmp, "in.pt"), os.path.join(tmp, "res")
-            torch.save({"q": q, "k": k, "v": v, "do": do, "pad": pad}, qp)
+            rp = os.path.join(tmp, "res")
+            t0 = time.perf_counter()
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_rank_main, args=(r, world, backend, os.path.join(tmp, "store"), device, qp, rp)) for r in range(world)]
+            procs = [ctx.Process(target=_rank_main, args=(r, world, S, os.path.join(tmp, "store"), device, rp)) for r in range(world)]
             for p in procs:
                 p.start()
             for p in procs:
-                p.join(120)
+                p.join(240)
                 if p.is_alive():
                     p.kill()
             errs = [Path(f"{rp}.{r}.err").read_text().strip().splitlines()[-1] for r in range(world) if Path(f"{rp}.{r}.err").exists()]
-            row = {"backend": backend, "world": world, "exitcodes": [p.exitcode for p in procs]}
             if errs or not all(Path(f"{rp}.{r}").exists() for r in range(world)):
-                row["error"] = errs[:1] or ["no result"]
-            else:
-                parts = [torch.load(f"{rp}.{r}") for r in range(world)]
-                got = [torch.cat([p[key] for p in parts], dim=2) for key in ("out", "dq", "dk", "dv")]
-                row["ring_err"] = max_err(got, ref)
-            rows.append(row)
-            print(row, flush=True)
+                rows.append({"world": world, "exitcodes": [p.exitcode for p in procs], "error": errs[:1] or ["no result"]})
+                print(rows[-1], flush=True)
+                continue
+            parts = [torch.load(f"{rp}.{r}") for r in range(world)]
+            for i, (dtype, layout, name, *_rest) in enumerate(MULTI_CASES):
+                pos = torch.cat([p[i]["pos"] for p in parts])
+                got = []
+                for key in ("out", "dq", "dk", "dv"):
+                    full = torch.empty_like(refs[i][0], device="cpu")
+                    full[:, :, pos] = torch.cat([p[i][key] for p in parts], dim=2).double()
+                    got.append(full)
+                row = {"world": world, "dtype": str(dtype).split(".")[1], "layout": layout, "mask": name,
+                       "ring_err": max_err(got, [r.cpu() for r in refs[i]])}
+                if sdpa[i] is not None:
+                    row["sdpa_err"] = sdpa[i]
+                rows.append(row)
+                print(row, flush=True)
+            print(f"[world {world}: {time.perf_counter() - t0:.1f} s]", flush=True)
     return rows
 
 
@@ -226,6 +245,12 @@ def attention_timings(device, small):
                 row = {"dtype": str(dtype).split(".")[1], "S": S, "causal": causal}
                 for name, fn in (("ring_fwd", ring_f), ("sdpa_fwd", sdpa_f), ("ring_fwdbwd", ring_fb), ("sdpa_fwdbwd", sdpa_fb)):
                     row[name + "_ms"] = round(1000 * timeit(fn, device), 3)
+                if device == "cuda" and dtype == torch.bfloat16:
+                    # the same ring with the efficient-attention backward (before FlashAttention-2's)
+                    key, chosen = ("cuda", dtype), kernels._CHOSEN.get(("cuda", dtype))
+                    kernels._CHOSEN[key] = kernels.BlockKernel("sdpa", flash=True)
+                    row["ring_fwdbwd_efficient_bwd_ms"] = round(1000 * timeit(ring_fb, device), 3)
+                    kernels._CHOSEN[key] = chosen
                 rows.append(row)
                 print(row, flush=True)
     return rows
@@ -321,7 +346,7 @@ def main() -> None:
                             for dt in (torch.float32, torch.bfloat16, torch.float16)}
     report["kernels"] = {str(dt): repr(get_kernel(torch.device(a.device), dt)) for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
     print(report, flush=True)
-    for key, fn in (("efficient_bwd_probe", efficient_bwd_probe), ("correctness", correctness), ("multi_rank", lambda d, s: multi_rank(d)),
+    for key, fn in (("flash_bwd_probe", flash_bwd_probe), ("correctness", correctness), ("multi_rank", multi_rank),
                     ("attention", attention_timings), ("hour_attention", hour_timings), ("models", model_timings)):
         t0 = time.perf_counter()
         try:

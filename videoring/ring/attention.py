@@ -185,7 +185,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, pads: list[Tensor] | None, spec: _
     for step in range(W):
         src = (comm.rank - step) % W
         cur = bufs[step % 2]
-        reqs = comm.start([cur], [bufs[(step + 1) % 2]]) if step + 1 < W else []
+        reqs = comm.start([cur], [bufs[(step + 1) % 2]]) if step + 1 < W else None
         t0 = time.perf_counter()
         _accumulate(q, cur[0], cur[1], out, lse, _rank_pairs(spec, src, S, pads, q.device), spec)
         if _STATS is not None:
@@ -207,11 +207,11 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     work, sending, arriving = (
         torch.zeros((2, *k.shape), dtype=acc, device=k.device) if i == 0 or W > 1 else None for i in range(3)
     )
-    dkv_reqs: list = []
+    dkv_reqs = None
     for step in range(W):
         src = (comm.rank - step) % W
         cur = kv[step % 2]
-        kv_reqs = comm.start([cur], [kv[(step + 1) % 2]]) if step + 1 < W else []
+        kv_reqs = comm.start([cur], [kv[(step + 1) % 2]]) if step + 1 < W else None
         t0 = time.perf_counter()
         for qc, kc, mask, cflag in _rank_pairs(spec, src, S, pads, q.device):
             qs, ks = slice(qc[0], qc[0] + qc[2]), slice(kc[0], kc[0] + kc[2])
