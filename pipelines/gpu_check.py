@@ -101,25 +101,27 @@ def correctness(device, small):
     return rows
 
 
-def flash_bwd_probe(device, small):
-    """FlashAttention-2's backward op as the ring calls it (final out and lse handed in,
-    no cumulative lengths), against float64: the diagnosis if its self-check fails."""
+def unmasked_probe(device, small):
+    """The fused engines for unmasked half-precision blocks (cuDNN, FlashAttention-2), called
+    as the ring calls them (final out and lse handed to the backward), against float64:
+    the diagnosis when a self-check fails."""
     if device != "cuda":
         return []
-    from videoring.ring.kernels import _flash_bwd, _flash_fwd
+    from videoring.ring.kernels import _UNMASKED
 
     rows = []
-    for S in (300, 5000):
-        for causal in (False, True):
-            (q, k, v, do), _, mask = make(S, 2, 64, causal, 1, False, torch.bfloat16, device)
-            ref = reference(q, k, v, do, mask)
-            try:
-                out, lse = _flash_fwd(q, k, v, causal, 0.125)
-                g = _flash_bwd(do, q, k, v, ref[0].float(), lse, causal, 0.125)
-                rows.append({"S": S, "causal": causal, "err": max_err([out, *g], ref)})
-            except Exception as e:
-                rows.append({"S": S, "causal": causal, "error": repr(e)[:400]})
-            print(rows[-1], flush=True)
+    for engine, (fwd, bwd) in _UNMASKED.items():
+        for S in (300, 5000):
+            for causal in (False, True):
+                (q, k, v, do), _, mask = make(S, 2, 64, causal, 1, False, torch.bfloat16, device)
+                ref = reference(q, k, v, do, mask)
+                try:
+                    out, lse = fwd(q, k, v, causal, 0.125)
+                    g = bwd(do, q, k, v, ref[0].float(), lse, causal, 0.125)
+                    rows.append({"engine": engine, "S": S, "causal": causal, "err": max_err([out, *g], ref)})
+                except Exception as e:
+                    rows.append({"engine": engine, "S": S, "causal": causal, "error": repr(e)[:400]})
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -246,14 +248,36 @@ def attention_timings(device, small):
                 for name, fn in (("ring_fwd", ring_f), ("sdpa_fwd", sdpa_f), ("ring_fwdbwd", ring_fb), ("sdpa_fwdbwd", sdpa_fb)):
                     row[name + "_ms"] = round(1000 * timeit(fn, device), 3)
                 if device == "cuda" and dtype == torch.bfloat16:
-                    # the same ring with the efficient-attention backward (before FlashAttention-2's)
-                    key, chosen = ("cuda", dtype), kernels._CHOSEN.get(("cuda", dtype))
-                    kernels._CHOSEN[key] = kernels.BlockKernel("sdpa", flash=True)
-                    row["ring_fwdbwd_efficient_bwd_ms"] = round(1000 * timeit(ring_fb, device), 3)
-                    kernels._CHOSEN[key] = chosen
+                    row.update(engine_timings(dtype, device, ring_f, ring_fb, sdpa_f, sdpa_fb))
                 rows.append(row)
                 print(row, flush=True)
     return rows
+
+
+def engine_timings(dtype, device, ring_f, ring_fb, sdpa_f, sdpa_fb):
+    """The ring with each engine for unmasked blocks forced, and torch's SDPA with each backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    row = {}
+    key, chosen = ("cuda", dtype), kernels._CHOSEN.get(("cuda", dtype))
+    for engine in ("cudnn", "flash", ""):
+        kernels._CHOSEN[key] = kernels.BlockKernel("sdpa", unmasked=engine)
+        name = engine or "efficient"
+        try:
+            row[f"ring_{name}_fwd_ms"] = round(1000 * timeit(ring_f, device), 3)
+            row[f"ring_{name}_fwdbwd_ms"] = round(1000 * timeit(ring_fb, device), 3)
+        except Exception as e:
+            row[f"ring_{name}_error"] = repr(e)[:200]
+    kernels._CHOSEN[key] = chosen
+    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            with sdpa_kernel([backend]):
+                row[f"sdpa_{name}_fwd_ms"] = round(1000 * timeit(sdpa_f, device), 3)
+                row[f"sdpa_{name}_fwdbwd_ms"] = round(1000 * timeit(sdpa_fb, device), 3)
+        except Exception as e:
+            row[f"sdpa_{name}_error"] = repr(e)[:200]
+    return row
 
 
 def hour_timings(device, small):
@@ -346,7 +370,7 @@ def main() -> None:
                             for dt in (torch.float32, torch.bfloat16, torch.float16)}
     report["kernels"] = {str(dt): repr(get_kernel(torch.device(a.device), dt)) for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
     print(report, flush=True)
-    for key, fn in (("flash_bwd_probe", flash_bwd_probe), ("correctness", correctness), ("multi_rank", multi_rank),
+    for key, fn in (("unmasked_probe", unmasked_probe), ("correctness", correctness), ("multi_rank", multi_rank),
                     ("attention", attention_timings), ("hour_attention", hour_timings), ("models", model_timings)):
         t0 = time.perf_counter()
         try:

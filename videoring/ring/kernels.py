@@ -10,8 +10,8 @@ Two engines, chosen at load time and tested against each other:
 - ``sdpa``: PyTorch's fused kernels -- on CPU
   ``aten._scaled_dot_product_flash_attention_for_cpu`` (+ its backward), on
   CUDA ``aten._scaled_dot_product_efficient_attention`` (+ backward; it takes
-  an additive bias, which our masks need), and in half precision
-  ``aten._scaled_dot_product_flash_attention`` (+ backward) for unmasked blocks.
+  an additive bias, which our masks need), and in half precision for unmasked
+  blocks cuDNN's or FlashAttention-2's fused attention (+ backward).
 - ``plain``: blockwise matmul + logsumexp in the accumulation dtype; the
   reference, and the fallback where the fused op is missing or fails its
   self-check.
@@ -42,8 +42,7 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 class BlockKernel:
     name: str  # "sdpa" (fused) or "plain"
     bwd_fp32: bool = False  # the efficient kernel's backward on fp32 copies of half-precision inputs
-    flash: bool = False  # CUDA, half precision: unmasked forward blocks through FlashAttention-2 (no bias support)
-    flash_bwd: bool = False  # ... and unmasked backward blocks through its backward
+    unmasked: str = ""  # CUDA, half precision: blocks without a mask through "cudnn" or "flash" (FlashAttention-2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
         """(out, lse (B, H, Sq) in acc dtype; out in acc dtype where the engine allows).
@@ -52,8 +51,8 @@ class BlockKernel:
         if self.name == "sdpa":
             if q.device.type == "cpu":
                 return _cpu_fwd(q, k, v, mask, causal, scale)
-            if self.flash and mask is None and q.dtype in _HALF:
-                return _flash_fwd(q, k, v, causal, scale)
+            if self.unmasked and mask is None and q.dtype in _HALF:
+                return _UNMASKED[self.unmasked][0](q, k, v, causal, scale)
             if q.dtype in _CUDA_DTYPES:
                 return _cuda_fwd(q, k, v, mask, causal, scale)
         return _plain_fwd(q, k, v, mask, causal, scale)
@@ -63,8 +62,8 @@ class BlockKernel:
         if self.name == "sdpa":
             if q.device.type == "cpu":
                 return _cpu_bwd(dout, q, k, v, out, lse, mask, causal, scale)
-            if self.flash_bwd and mask is None and q.dtype in _HALF:
-                return _flash_bwd(dout, q, k, v, out, lse, causal, scale)
+            if self.unmasked and mask is None and q.dtype in _HALF:
+                return _UNMASKED[self.unmasked][1](dout, q, k, v, out, lse, causal, scale)
             if self.bwd_fp32:
                 dout, q, k, v, out = _up(dout, q, k, v, out)
             if q.dtype in _CUDA_DTYPES:
@@ -213,30 +212,49 @@ def _flash_fwd(q, k, v, causal, scale):
     return out, lse.float()
 
 
-_FLASH_RNG: dict[str, tuple[Tensor, Tensor]] = {}
-
-
-def _flash_rng(device: torch.device) -> tuple[Tensor, Tensor]:
-    """The rng-state pair the flash backward takes (read only with dropout): the pair its own
-    forward returns, so type and shape match whatever this torch build expects."""
-    key = str(device)
-    if key not in _FLASH_RNG:
-        x = torch.zeros(1, 1, 16, 16, dtype=torch.float16, device=device)
-        r = torch.ops.aten._scaled_dot_product_flash_attention(x, x, x, 0.0, False, False)
-        _FLASH_RNG[key] = (r[6], r[7])
-    return _FLASH_RNG[key]
-
-
 def _flash_bwd(dout, q, k, v, out, lse, causal, scale):
     """FlashAttention-2's backward on one block, given the ring's final out and lse.
 
     No cumulative sequence lengths (None = the dense batch, as torch's own autograd passes
     from the forward); out and dout in the (B, S, H, D) memory the kernel works in."""
-    seed, offset = _flash_rng(q.device)
+    seed, offset = _rng_state("flash", q.device)
     return torch.ops.aten._scaled_dot_product_flash_attention_backward(
         _bshd(dout, q.dtype), q, k, v, _bshd(out, q.dtype), lse.float().contiguous(), None, None,
         q.shape[-2], k.shape[-2], 0.0, causal, seed, offset, scale=scale,
     )
+
+
+def _cudnn_fwd(q, k, v, causal, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)[:2]
+    return out, lse.reshape(q.shape[:3]).float()  # cuDNN's statistics are (B, H, Sq, 1)
+
+
+def _cudnn_bwd(dout, q, k, v, out, lse, causal, scale):
+    """cuDNN's backward; out and dout in q's own memory layout, as its forward allocates out."""
+    seed, offset = _rng_state("cudnn", q.device)
+    like_q = (lambda t: t.to(q.dtype).contiguous()) if q.stride(1) >= q.stride(2) else (lambda t: _bshd(t, q.dtype))
+    return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+        like_q(dout), q, k, v, like_q(out), lse.float().unsqueeze(-1).contiguous(), seed, offset, None, None, None,
+        q.shape[-2], k.shape[-2], 0.0, causal, scale=scale,
+    )
+
+
+_UNMASKED = {"flash": (_flash_fwd, _flash_bwd), "cudnn": (_cudnn_fwd, _cudnn_bwd)}
+_RNG: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
+
+
+def _rng_state(engine: str, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The rng-state pair a fused backward takes (read only with dropout): the pair its own
+    forward returns, so type and shape match whatever this torch build expects."""
+    key = (engine, str(device))
+    if key not in _RNG:
+        x = torch.zeros(1, 1, 16, 64, dtype=torch.float16, device=device)
+        if engine == "flash":
+            r = torch.ops.aten._scaled_dot_product_flash_attention(x, x, x, 0.0, False, False)
+        else:
+            r = torch.ops.aten._scaled_dot_product_cudnn_attention(x, x, x, None, True, 0.0, False, False)
+        _RNG[key] = (r[6], r[7])
+    return _RNG[key]
 
 
 # ---------------------------------------------------------------- selection
@@ -279,10 +297,10 @@ def _agree(kernel, plain, q, k, v, do, m, c, tol) -> bool:
 
 def _candidates(device: torch.device, dtype: torch.dtype) -> list[BlockKernel]:
     if device.type != "cpu" and dtype in _HALF:
-        # fastest first: FlashAttention-2 for unmasked blocks, forward and backward; flash forward with
-        # the efficient backward; the efficient kernel alone; each with the efficient backward in fp32
-        return [BlockKernel("sdpa", flash=True, flash_bwd=True), BlockKernel("sdpa", flash=True), BlockKernel("sdpa"),
-                BlockKernel("sdpa", flash=True, bwd_fp32=True), BlockKernel("sdpa", bwd_fp32=True), BlockKernel("plain")]
+        # fastest first (pipelines/gpu_check.py): unmasked blocks through cuDNN, then FlashAttention-2,
+        # masked ones through the efficient kernel; the efficient kernel alone; its backward in fp32
+        return [BlockKernel("sdpa", unmasked="cudnn"), BlockKernel("sdpa", unmasked="flash"), BlockKernel("sdpa"),
+                BlockKernel("sdpa", bwd_fp32=True), BlockKernel("plain")]
     return [BlockKernel("sdpa"), BlockKernel("plain")]
 
 
