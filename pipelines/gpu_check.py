@@ -300,6 +300,18 @@ def hour_timings(device, small):
             ra.PIECE = ra.PIECE_CUDA = piece
             row[f"ring_fwd_ms_piece{piece}"] = round(1000 * timeit(ring_f, device, 3), 2)
         ra.PIECE, ra.PIECE_CUDA = default
+        if device == "cuda" and dtype in (torch.bfloat16, torch.float16):
+            # forward + backward, and the masked blocks through cuDNN (as chosen) or the efficient kernel
+            def ring_fb():
+                qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
+                ring_attention(qq, kk, vv, causal=True, causal_block=block, key_padding_mask=pad).backward(do)
+
+            row["ring_fwdbwd_ms"] = round(1000 * timeit(ring_fb, device, 3), 2)
+            key, chosen = ("cuda", dtype), kernels._CHOSEN.get(("cuda", dtype))
+            kernels._CHOSEN[key] = kernels.BlockKernel("sdpa", unmasked="cudnn")
+            row["ring_fwd_ms_efficient_masked"] = round(1000 * timeit(ring_f, device, 3), 2)
+            row["ring_fwdbwd_ms_efficient_masked"] = round(1000 * timeit(ring_fb, device, 3), 2)
+            kernels._CHOSEN[key] = chosen
         if device == "cuda":
             i = torch.arange(S, device=device)
             mask = ((i[None, :] // block) <= (i[:, None] // block)) & pad[:, None, None, :]

@@ -10,8 +10,9 @@ Two engines, chosen at load time and tested against each other:
 - ``sdpa``: PyTorch's fused kernels -- on CPU
   ``aten._scaled_dot_product_flash_attention_for_cpu`` (+ its backward), on
   CUDA ``aten._scaled_dot_product_efficient_attention`` (+ backward; it takes
-  an additive bias, which our masks need), and in half precision for unmasked
-  blocks cuDNN's or FlashAttention-2's fused attention (+ backward).
+  an additive bias, which our masks need), and in half precision cuDNN's
+  fused attention (+ backward, with the bias) or, for unmasked blocks,
+  FlashAttention-2's.
 - ``plain``: blockwise matmul + logsumexp in the accumulation dtype; the
   reference, and the fallback where the fused op is missing or fails its
   self-check.
@@ -43,6 +44,7 @@ class BlockKernel:
     name: str  # "sdpa" (fused) or "plain"
     bwd_fp32: bool = False  # the efficient kernel's backward on fp32 copies of half-precision inputs
     unmasked: str = ""  # CUDA, half precision: blocks without a mask through "cudnn" or "flash" (FlashAttention-2)
+    masked: str = ""  # CUDA, half precision: masked blocks through "cudnn" (additive bias); "" = the efficient kernel
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
         """(out, lse (B, H, Sq) in acc dtype; out in acc dtype where the engine allows).
@@ -53,6 +55,8 @@ class BlockKernel:
                 return _cpu_fwd(q, k, v, mask, causal, scale)
             if self.unmasked and mask is None and q.dtype in _HALF:
                 return _UNMASKED[self.unmasked][0](q, k, v, causal, scale)
+            if self.masked == "cudnn" and mask is not None and q.dtype in _HALF:
+                return _cudnn_fwd(q, k, v, causal, scale, mask)
             if q.dtype in _CUDA_DTYPES:
                 return _cuda_fwd(q, k, v, mask, causal, scale)
         return _plain_fwd(q, k, v, mask, causal, scale)
@@ -64,6 +68,8 @@ class BlockKernel:
                 return _cpu_bwd(dout, q, k, v, out, lse, mask, causal, scale)
             if self.unmasked and mask is None and q.dtype in _HALF:
                 return _UNMASKED[self.unmasked][1](dout, q, k, v, out, lse, causal, scale)
+            if self.masked == "cudnn" and mask is not None and q.dtype in _HALF:
+                return _cudnn_bwd(dout, q, k, v, out, lse, causal, scale, mask)
             if self.bwd_fp32:
                 dout, q, k, v, out = _up(dout, q, k, v, out)
             if q.dtype in _CUDA_DTYPES:
@@ -224,18 +230,20 @@ def _flash_bwd(dout, q, k, v, out, lse, causal, scale):
     )
 
 
-def _cudnn_fwd(q, k, v, causal, scale):
-    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)[:2]
-    return out, lse.reshape(q.shape[:3]).float()  # cuDNN's statistics are (B, H, Sq, 1)
+def _cudnn_fwd(q, k, v, causal, scale, mask=None):
+    bias = _cuda_bias(q, k, mask)
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, bias, True, 0.0, causal, False, scale=scale)[:2]
+    return _fix_empty_rows(out, lse.reshape(q.shape[:3]).float(), mask)  # cuDNN's statistics are (B, H, Sq, 1)
 
 
-def _cudnn_bwd(dout, q, k, v, out, lse, causal, scale):
+def _cudnn_bwd(dout, q, k, v, out, lse, causal, scale, mask=None):
     """cuDNN's backward; out and dout in q's own memory layout, as its forward allocates out."""
     seed, offset = _rng_state("cudnn", q.device)
     like_q = (lambda t: t.to(q.dtype).contiguous()) if q.stride(1) >= q.stride(2) else (lambda t: _bshd(t, q.dtype))
+    lse_in = torch.nan_to_num(lse.float(), neginf=torch.finfo(torch.float32).max)  # empty rows: P = 0
     return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
-        like_q(dout), q, k, v, like_q(out), lse.float().unsqueeze(-1).contiguous(), seed, offset, None, None, None,
-        q.shape[-2], k.shape[-2], 0.0, causal, scale=scale,
+        like_q(dout), q, k, v, like_q(out), lse_in.unsqueeze(-1).contiguous(), seed, offset, _cuda_bias(q, k, mask),
+        None, None, q.shape[-2], k.shape[-2], 0.0, causal, scale=scale,
     )
 
 
@@ -297,9 +305,11 @@ def _agree(kernel, plain, q, k, v, do, m, c, tol) -> bool:
 
 def _candidates(device: torch.device, dtype: torch.dtype) -> list[BlockKernel]:
     if device.type != "cpu" and dtype in _HALF:
-        # fastest first (pipelines/gpu_check.py): unmasked blocks through cuDNN, then FlashAttention-2,
-        # masked ones through the efficient kernel; the efficient kernel alone; its backward in fp32
-        return [BlockKernel("sdpa", unmasked="cudnn"), BlockKernel("sdpa", unmasked="flash"), BlockKernel("sdpa"),
+        # fastest first (pipelines/gpu_check.py): every block through cuDNN; unmasked blocks through
+        # cuDNN, then FlashAttention-2, masked ones through the efficient kernel; the efficient kernel
+        # alone; its backward in fp32
+        return [BlockKernel("sdpa", unmasked="cudnn", masked="cudnn"), BlockKernel("sdpa", unmasked="cudnn"),
+                BlockKernel("sdpa", unmasked="flash"), BlockKernel("sdpa"),
                 BlockKernel("sdpa", bwd_fp32=True), BlockKernel("plain")]
     return [BlockKernel("sdpa"), BlockKernel("plain")]
 
