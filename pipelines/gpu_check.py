@@ -2,6 +2,7 @@
 
     python pipelines/gpu_check.py --out DIR            # on a machine with a GPU
     python pipelines/gpu_check.py --device cpu --small # dry run of the script itself
+    python pipelines/gpu_check.py --sections model_check,attention   # a subset
 
 Needs only torch (and timm for the encoder row). Writes DIR/gpu_check.json:
 
@@ -13,10 +14,14 @@ Needs only torch (and timm for the encoder row). Writes DIR/gpu_check.json:
 2. Several ranks on one GPU (W = 2, 3, 4): gloo, which carries the CUDA
    tensors through host copies (NCCL refuses two ranks on one device); both
    layouts, fp32 and bf16, against float64, bf16 beside torch's SDPA in bf16.
-3. Timings: ring attention at one rank against torch's SDPA on the same
-   problem (4k-64k tokens, H=8, D=64), the hour's masked frame + actor sequence
-   (39,600 tokens, frame-causal blocks of 11, absent actors key-padded), the
-   temporal model over the hour, and ViT-Tiny frame encoding.
+3. The temporal model (with Recall) on the GPU against the same weights on
+   the CPU: inference and training outputs, every parameter gradient.
+4. Timings: ring attention at one rank against torch's SDPA on the same
+   problem (4k-64k tokens, H=8, D=64), with each fused engine forced; the
+   hour's masked frame + actor sequence (39,600 tokens, frame-causal blocks of
+   11, absent actors key-padded); the temporal model over the hour; ViT-Tiny
+   frame encoding. Before them, the kernel self-checks and the chosen kernels,
+   and (unmasked_probe) each fused engine alone against float64.
 """
 
 from __future__ import annotations
@@ -327,6 +332,54 @@ def hour_timings(device, small):
     return rows
 
 
+def model_check(device, small):
+    """The temporal model (3 layers + Recall, frame-causal, absent actors padded) on ``device``
+    against itself on the CPU in fp32 (the model computes some features in fp32 by design, so
+    not fp64; the CPU path is tested against float64 attention): per-step outputs at inference
+    (the chunked ``attention_rows`` path) and in training mode (the ring), and every parameter's
+    gradient; errors relative to the largest reference value of each tensor."""
+    import copy
+
+    from videoring.config import TemporalConfig
+    from videoring.temporal import TemporalModel
+
+    steps = 120 if small else 600
+    torch.manual_seed(0)
+    model = TemporalModel(TemporalConfig(dim=128, depth=3, heads=4, causal=True, layout="zigzag"), in_dim=192,
+                          tokens_per_frame=5, actor_dim=64, max_actors=6, look=slice(16, 52))
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(tokens=torch.randn(1, steps, 5, 192, generator=g), timestamps=torch.arange(steps, dtype=torch.float32)[None] * 2.0,
+                  actors=torch.randn(1, steps, 6, 64, generator=g), actor_mask=torch.rand(1, steps, 6, generator=g) > 0.5)
+    w = torch.randn(1, steps, 128, generator=g)
+
+    def run(m, dev, dtype, autocast):
+        m = copy.deepcopy(m).to(dev, dtype)
+        x = {k: (v.to(dev, dtype) if v.is_floating_point() and k != "timestamps" else v.to(dev)) for k, v in inputs.items()}
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
+            m.eval()
+            with torch.no_grad():
+                infer = m(**x)[1].double().cpu()
+            m.train()
+            train = m(**x)[1]
+            (train.double() * w.to(dev, torch.float64)).sum().backward()
+        grads = {n: p.grad.double().cpu() for n, p in m.named_parameters() if p.grad is not None}
+        return infer, train.detach().double().cpu(), grads
+
+    ref = run(model, "cpu", torch.float32, False)
+    rel = lambda a, b: float((a - b).abs().max() / b.abs().max())
+    rows = []
+    for name, dev, autocast in ((f"{device} fp32", device, False), (f"{device} bf16 autocast", device, True),
+                                ("cpu bf16 autocast (yardstick)", "cpu", True)):
+        got = run(model, dev, torch.float32, autocast)
+        gerr = {n: rel(got[2][n], ref[2][n]) for n in ref[2]}
+        worst = max(gerr, key=gerr.get)
+        rows.append({"precision": name, "tokens": steps * 11, "infer_rel_err": rel(got[0], ref[0]),
+                     "train_rel_err": rel(got[1], ref[1]), "grad_rel_err_max": gerr[worst], "grad_worst": worst,
+                     "grads_checked": len(gerr), "grads_missing": sorted(set(ref[2]) - set(got[2]))})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def model_timings(device, small):
     from videoring.config import TemporalConfig
     from videoring.temporal import TemporalModel
@@ -364,12 +417,20 @@ def model_timings(device, small):
     return rows
 
 
+SECTIONS = {"unmasked_probe": unmasked_probe, "correctness": correctness, "multi_rank": multi_rank, "model_check": model_check,
+            "attention": attention_timings, "hour_attention": hour_timings, "models": model_timings}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="gpu_check_out")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="small sizes (a dry run of the script)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     a = ap.parse_args()
+    unknown = set(a.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        ap.error(f"--sections: unknown {sorted(unknown)}; choose from {','.join(SECTIONS)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"torch": torch.__version__}
@@ -382,8 +443,9 @@ def main() -> None:
                             for dt in (torch.float32, torch.bfloat16, torch.float16)}
     report["kernels"] = {str(dt): repr(get_kernel(torch.device(a.device), dt)) for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
     print(report, flush=True)
-    for key, fn in (("unmasked_probe", unmasked_probe), ("correctness", correctness), ("multi_rank", multi_rank),
-                    ("attention", attention_timings), ("hour_attention", hour_timings), ("models", model_timings)):
+    for key, fn in SECTIONS.items():
+        if key not in a.sections.split(","):
+            continue
         t0 = time.perf_counter()
         try:
             report[key] = fn(a.device, a.small)
