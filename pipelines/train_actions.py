@@ -2,7 +2,7 @@
 
     python pipelines/train_actions.py [--out sample_data/actions_tiny.safetensors] [key=value ...]
 
-1. Synthesizes the training set into --data: --batches sets (default 2) of
+1. Synthesizes the training set into --data: --batches sets (default 3) of
    --short 2-5 minute clips at varied sizes and frame rates, with and without
    pan, plus --long 20-25 minute clips that hold returns 10+ minutes after the
    first visit; set b has seeds 2000 + 100 b + i.
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/train_synth.yaml")
     ap.add_argument("--short", type=int, default=48)
     ap.add_argument("--long", type=int, default=4)
-    ap.add_argument("--batches", type=int, default=2, help="sets of --short + --long clips (seeds 2000+, 2100+, ...)")
+    ap.add_argument("--batches", type=int, default=3, help="sets of --short + --long clips (seeds 2000+, 2100+, ...)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (train.epochs=40 ...)")
     args = ap.parse_args()
 
