@@ -47,12 +47,13 @@ def test_tracks_match_ground_truth(analyzed, clip):
     gt = Results.from_json(clip.with_suffix(".json"))
     m = evaluate([(pred, gt)])
     # Against the generator's exact (amodal) boxes and identities. This clip is crowded: five
-    # actors overlap across lanes for 13 s. Measured with the shipped detector: IDF1 0.70,
-    # MOTA 0.78, HOTA 0.53 (held-out mean over 8 clips: IDF1 0.79, docs/actions.md); the bars
+    # actors overlap across lanes for 13 s. Measured with the shipped detector and session 6's
+    # tracking (detection boxes reported, tracks grown through spare detections): IDF1 0.695,
+    # MOTA 0.809, HOTA 0.576 (held-out mean over 8 clips: IDF1 0.81, docs/actions.md); the bars
     # sit just under them so that a regression in detection, tracking or stitching fails.
     assert m["IDF1"] >= 0.65, m
-    assert m["MOTA"] >= 0.72, m
-    assert m["HOTA"] >= 0.48, m
+    assert m["MOTA"] >= 0.76, m
+    assert m["HOTA"] >= 0.53, m
     assert len(gt.tracks) <= len(pred.tracks) <= 2 * len(gt.tracks), (len(pred.tracks), len(gt.tracks))
     assert all(t.id > 0 for t in pred.tracks)  # the spare detections never reach the results
 
