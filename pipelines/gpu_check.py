@@ -14,6 +14,8 @@ Needs only torch (and timm for the encoder row). Writes DIR/gpu_check.json:
 2. Several ranks on one GPU (W = 2, 3, 4): gloo, which carries the CUDA
    tensors through host copies (NCCL refuses two ranks on one device); both
    layouts, fp32 and bf16, against float64, bf16 beside torch's SDPA in bf16.
+   The same cases over NCCL, one GPU per rank, on a machine with 2+ GPUs
+   (section ``nccl``; skipped on one GPU).
 3. The temporal model (with Recall) on the GPU against the same weights on
    the CPU: inference and training outputs, every parameter gradient.
 4. Timings: ring attention at one rank against torch's SDPA on the same
@@ -106,6 +108,16 @@ def correctness(device, small):
     return rows
 
 
+def nccl_rank(device, small):
+    """The multi-rank cases over NCCL, one GPU per rank, W = 2 .. min(GPUs, 4): needs a
+    machine with two or more GPUs (NCCL refuses two ranks on one device)."""
+    n = torch.cuda.device_count() if device == "cuda" else 0
+    if n < 2:
+        print(f"nccl: skipped, {n} GPU(s)", flush=True)
+        return [{"skipped": f"{n} GPU(s); NCCL needs one GPU per rank"}]
+    return multi_rank(device, small, worlds=tuple(range(2, min(n, 4) + 1)), backend="nccl")
+
+
 def unmasked_probe(device, small):
     """The fused engines for unmasked half-precision blocks (cuDNN, FlashAttention-2), called
     as the ring calls them (final out and lse handed to the backward), against float64:
@@ -138,16 +150,18 @@ MULTI_CASES = [(dtype, layout, name, causal, block, holes)
                for name, causal, block, holes in (("non-causal", False, 1, False), ("frame-causal 11 + pad", True, 11, True))]
 
 
-def _rank_main(rank, world, S, store_path, device, res_path):
-    """One rank of a gloo world on the one GPU (device tensors staged through host memory)."""
+def _rank_main(rank, world, S, store_path, device, res_path, backend):
+    """One rank: gloo with every rank on the first GPU (device tensors staged through host
+    memory), or NCCL with one GPU per rank."""
     import torch.distributed as dist
 
     from videoring.ring.layout import chunks_of
 
     try:
         if device == "cuda":
-            torch.cuda.set_device(0)
-        dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+            torch.cuda.set_device(rank if backend == "nccl" else 0)
+            device = f"cuda:{torch.cuda.current_device()}"
+        dist.init_process_group(backend, store=dist.FileStore(store_path, world), rank=rank, world_size=world)
         res = []
         for dtype, layout, _, causal, block, holes in MULTI_CASES:
             (q, k, v, do), pad, _ = make(S, MULTI_H, MULTI_D, causal, block, holes, torch.float64, "cpu")
@@ -165,8 +179,8 @@ def _rank_main(rank, world, S, store_path, device, res_path):
         Path(f"{res_path}.{rank}.err").write_text(traceback.format_exc())
 
 
-def multi_rank(device, small, worlds=(2, 3, 4)):
-    """W ranks on one GPU over gloo, every case against float64; bf16 beside torch's SDPA in bf16."""
+def multi_rank(device, small, worlds=(2, 3, 4), backend="gloo"):
+    """W ranks over ``backend``, every case against float64; bf16 beside torch's SDPA in bf16."""
     import torch.multiprocessing as mp
 
     S = 1320 if small else 6600
@@ -181,7 +195,8 @@ def multi_rank(device, small, worlds=(2, 3, 4)):
             rp = os.path.join(tmp, "res")
             t0 = time.perf_counter()
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_rank_main, args=(r, world, S, os.path.join(tmp, "store"), device, rp)) for r in range(world)]
+            procs = [ctx.Process(target=_rank_main, args=(r, world, S, os.path.join(tmp, "store"), device, rp, backend))
+                     for r in range(world)]
             for p in procs:
                 p.start()
             for p in procs:
@@ -190,7 +205,7 @@ def multi_rank(device, small, worlds=(2, 3, 4)):
                     p.kill()
             errs = [Path(f"{rp}.{r}.err").read_text().strip().splitlines()[-1] for r in range(world) if Path(f"{rp}.{r}.err").exists()]
             if errs or not all(Path(f"{rp}.{r}").exists() for r in range(world)):
-                rows.append({"world": world, "exitcodes": [p.exitcode for p in procs], "error": errs[:1] or ["no result"]})
+                rows.append({"backend": backend, "world": world, "exitcodes": [p.exitcode for p in procs], "error": errs[:1] or ["no result"]})
                 print(rows[-1], flush=True)
                 continue
             parts = [torch.load(f"{rp}.{r}") for r in range(world)]
@@ -201,7 +216,7 @@ def multi_rank(device, small, worlds=(2, 3, 4)):
                     full = torch.empty_like(refs[i][0], device="cpu")
                     full[:, :, pos] = torch.cat([p[i][key] for p in parts], dim=2).double()
                     got.append(full)
-                row = {"world": world, "dtype": str(dtype).split(".")[1], "layout": layout, "mask": name,
+                row = {"backend": backend, "world": world, "dtype": str(dtype).split(".")[1], "layout": layout, "mask": name,
                        "ring_err": max_err(got, [r.cpu() for r in refs[i]])}
                 if sdpa[i] is not None:
                     row["sdpa_err"] = sdpa[i]
@@ -417,7 +432,8 @@ def model_timings(device, small):
     return rows
 
 
-SECTIONS = {"unmasked_probe": unmasked_probe, "correctness": correctness, "multi_rank": multi_rank, "model_check": model_check,
+SECTIONS = {"unmasked_probe": unmasked_probe, "correctness": correctness, "multi_rank": multi_rank, "nccl": nccl_rank,
+            "model_check": model_check,
             "attention": attention_timings, "hour_attention": hour_timings, "models": model_timings}
 
 
