@@ -108,3 +108,25 @@ def test_smoothing_equals_the_dense_gaussian_and_absorbs_a_flicker():
     sm, segs = decode(ActionConfig(labels=labels, smooth_s=0.8), np.arange(9.0), dense, obs, span)
     assert [(a.label, a.start_s, a.end_s) for a in sm] == [("walk", 0.0, 5.5), ("idle", 5.5, 9.0)]
     assert [(s.label, s.start_s, s.end_s) for s in segs] == [("walk", 0.0, 5.5)]
+
+
+def test_nms_merges_only_the_group_labels():
+    """Two actors walking at the same time are two walks; the two actors of a meet are one meet."""
+    from videoring.actions import decode
+    from videoring.config import ActionConfig
+
+    labels = ["idle", "walk", "meet"]
+    hot = lambda k: np.eye(3)[k] * 0.8 + 0.1  # noqa: E731
+    seqs = {1: [1, 1, 1, 1, 0, 0], 2: [1, 1, 1, 0, 0, 0], 3: [2, 2, 2, 2, 0, 0], 4: [2, 2, 2, 2, 0, 0]}
+    obs = [(tid, float(t), hot(k)) for tid, seq in seqs.items() for t, k in enumerate(seq)]
+    span = {tid: (0.0, 6.0) for tid in seqs}
+    dense = np.zeros((6, 3))
+
+    def segs(**kw):
+        _, s = decode(ActionConfig(labels=labels, smooth_s=0.0, **kw), np.arange(6.0), dense, obs, span)
+        return sorted((x.label, x.start_s, x.end_s) for x in s)
+
+    # walks over [0, 3.5] and [0, 2.5]: tIoU 0.71
+    assert segs() == [("meet", 0.0, 3.5), ("walk", 0.0, 3.5)]
+    assert segs(nms_labels=["meet"]) == [("meet", 0.0, 3.5), ("walk", 0.0, 2.5), ("walk", 0.0, 3.5)]
+    assert len(segs(nms_labels=[])) == 4

@@ -98,6 +98,7 @@ def test_named_model_needs_opt_in():
     ("actions.max_actors=0", "actions.max_actors"), ("actions.background=sit", "actions.background"),
     ("actions.labels=[a, a]", "actions.labels"), ("track.bogus=1", "track.bogus"), ("track.conf=high", "track.conf"),
     ("track.extend_s=-1", "track.extend_s"), ("temporal.dropout=1.5", "temporal.dropout"),
+    ("actions.nms_labels=[hug]", "actions.nms_labels"),
 ])
 def test_pipeline_config_errors_name_the_key(override, key):
     from videoring.config import PipelineConfig, load_config
@@ -194,6 +195,25 @@ def test_thumbnails_and_kinematics_shapes():
     assert k.shape == (KIN_DIM,) and np.isfinite(k).all()
     assert k[-2] == pytest.approx(1.6 / 4) and k[-1] == pytest.approx(-2.0 / 4)
 
+
+
+def test_half_window_kinematics_tell_before_from_after():
+    """An actor walks (10 px/s) until t=1, then runs (50 px/s): the centred velocity mixes the
+    two; the half-windows give each side's own; the first KIN_DIM numbers do not change."""
+    from videoring.actors import KIN_DIM, ROW_COLS, kin_dim, kinematics
+
+    t = np.arange(21) * 0.1
+    track = np.zeros((21, ROW_COLS))
+    track[:, 0] = t
+    track[:, 2] = np.where(t <= 1.0, 10 * t, 10 + 50 * (t - 1.0))
+    track[:, 3:6] = (0, track[0, 2] + 10, 20)
+    track[:, 4] = track[:, 2] + 10
+    k = kinematics(track, 1.0, (100, 100), halves=True)
+    assert kin_dim(True) == len(k) > kin_dim(False) == KIN_DIM
+    assert np.array_equal(k[:KIN_DIM], kinematics(track, 1.0, (100, 100)))
+    half = (len(k) - KIN_DIM) // 2
+    before, after = k[KIN_DIM], k[KIN_DIM + half]  # vx * 4 in frame widths per second
+    assert before == pytest.approx(0.1 * 4) and after == pytest.approx(0.5 * 4) and before < k[4] < after
 
 def test_extend_tracks_grows_a_late_track_back_through_spare_detections():
     """An actor walks in at t=0 but scores under new_thresh until t=1: its track starts at 1.0.

@@ -12,7 +12,8 @@ Decoding (:func:`decode`): per track, the label probabilities are smoothed over
 time (``actions.smooth_s``), then runs of the same arg-max label become
 ``track_actions`` (boundaries half-way between time steps); every non-background
 run becomes a clip-level segment scored by the actor and dense heads together;
-temporal NMS merges duplicates (both actors of a ``meet``).
+temporal NMS merges the duplicates of the labels in ``actions.nms_labels``
+(both actors of a ``meet``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .actors import KIN_DIM, THUMB_DIM
+from .actors import THUMB_DIM, kin_dim
 from .config import ActionConfig, PipelineConfig
 from .errors import ConfigError
 from .results import Segment, TrackAction
@@ -72,7 +73,7 @@ class ActionModel(nn.Module):
         self.labels = list(a.labels)
         L = len(self.labels)
         roi_dim = enc_dim * a.roi_size * a.roi_size
-        actor_dim = roi_dim + THUMB_DIM + KIN_DIM  # the layout videoring.pipeline builds
+        actor_dim = roi_dim + THUMB_DIM + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
                                       look=slice(roi_dim, roi_dim + THUMB_DIM))
         d = cfg.temporal.dim
@@ -216,4 +217,8 @@ def decode(
                 dense = float(dense_prob[m, li].mean()) if m.any() else score
                 segs.append(Segment(labels[li], round(t0, 3), round(t1, 3), round((score + dense) / 2, 4)))
             s = e
-    return actions, temporal_nms(segs, cfg.nms_iou)
+    if cfg.nms_labels is None:
+        return actions, temporal_nms(segs, cfg.nms_iou)
+    group = set(cfg.nms_labels)
+    kept = [s for s in segs if s.label not in group] + temporal_nms([s for s in segs if s.label in group], cfg.nms_iou)
+    return actions, sorted(kept, key=lambda s: (s.start_s, s.label))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DET_BOX", "KIN_DIM", "ROW_COLS", "THUMB_DIM", "pixel_stats", "roi_features", "thumbnails", "neighbour_gap", "kinematics"]
+__all__ = ["DET_BOX", "KIN_DIM", "ROW_COLS", "THUMB_DIM", "pixel_stats", "roi_features", "thumbnails", "neighbour_gap", "kinematics", "kin_dim"]
 
 ROW_COLS = 19  # t, id, x1, y1, x2, y2, conf, cls, r, g, b, change, above_match, above_change, gap, dx1, dy1, dx2, dy2
 DET_BOX = slice(15, 19)
@@ -40,6 +40,7 @@ hold the tracker's filtered (Kalman) box, which the features read: it lags a run
 its motion is smooth, and the bounce and size statistics of :func:`kinematics` need that (on
 the raw detections run vs walk fell from 0.86 to 0.44 of matched boxes)."""
 KIN_DIM = 21
+HALF_DIM = 16  # kinematics(halves=True): 8 more before t, 8 after
 _CROP = 12
 _THUMB = 6
 THUMB_DIM = _THUMB * _THUMB * 3
@@ -168,8 +169,36 @@ def roi_features(grid: Tensor, boxes: list[np.ndarray], frame_wh: tuple[int, int
     return list(pooled.flatten(1).to(dtype).split(counts))
 
 
-def kinematics(track: np.ndarray, t: float, frame_wh: tuple[int, int]) -> np.ndarray:
-    """(KIN_DIM,) features of one track (rows sorted by time, ROW_COLS wide) at time ``t``."""
+def _velocity(rows: np.ndarray, W: int, H: int) -> tuple[float, float]:
+    """Box-centre velocity (frame sizes per second) from the first to the last of ``rows``."""
+    if len(rows) >= 2 and rows[-1, 0] > rows[0, 0]:
+        dt = rows[-1, 0] - rows[0, 0]
+        return (((rows[-1, 2] + rows[-1, 4]) - (rows[0, 2] + rows[0, 4])) / 2 / W / dt,
+                ((rows[-1, 3] + rows[-1, 5]) - (rows[0, 3] + rows[0, 5])) / 2 / H / dt)
+    return 0.0, 0.0
+
+
+def _spread(rows: np.ndarray, box_h: float) -> list[float]:
+    """Over ``rows``: spread of the centre height, of the bottom and of the aspect (jumps, spins),
+    appearance change, how often the band above has the box's colour, and its change."""
+    hh = np.maximum(rows[:, 5] - rows[:, 3], 1e-6)
+    ww = np.maximum(rows[:, 4] - rows[:, 2], 1e-6)
+    # a hand covers ~4% of the band; the background matches the box's colour now and then too,
+    # so the per-frame fraction saturates at 5% and what counts is how often it is there
+    return [float(np.std((rows[:, 3] + rows[:, 5]) / 2) / box_h), float(np.std(rows[:, 5]) / box_h),
+            float(np.std(ww / hh)), float(rows[:, 11].mean()), float(np.minimum(rows[:, 12] / 0.05, 1.0).mean()),
+            float(rows[:, 13].mean())]
+
+
+def kin_dim(halves: bool = False) -> int:
+    """Length of :func:`kinematics`' output."""
+    return KIN_DIM + (HALF_DIM if halves else 0)
+
+
+def kinematics(track: np.ndarray, t: float, frame_wh: tuple[int, int], halves: bool = False) -> np.ndarray:
+    """(KIN_DIM,) features of one track (rows sorted by time, ROW_COLS wide) at time ``t``;
+    with ``halves``, HALF_DIM more: velocity and the spreads again over the half-windows
+    before and after ``t`` (where in the window the motion changes: a phase boundary)."""
     W, H = frame_wh
     ts = track[:, 0]
     i = int(np.clip(np.searchsorted(ts, t), 0, len(ts) - 1))
@@ -177,32 +206,26 @@ def kinematics(track: np.ndarray, t: float, frame_wh: tuple[int, int]) -> np.nda
         i -= 1
     x1, y1, x2, y2 = track[i, 2:6]
     cx, cy, w, h = (x1 + x2) / 2 / W, (y1 + y2) / 2 / H, (x2 - x1) / W, (y2 - y1) / H
-    near = track[np.abs(ts - t) <= 0.5]
-    if len(near) >= 2 and near[-1, 0] > near[0, 0]:
-        dt = near[-1, 0] - near[0, 0]
-        vx = ((near[-1, 2] + near[-1, 4]) - (near[0, 2] + near[0, 4])) / 2 / W / dt
-        vy = ((near[-1, 3] + near[-1, 5]) - (near[0, 3] + near[0, 5])) / 2 / H / dt
-    else:
-        vx = vy = 0.0
+    vx, vy = _velocity(track[np.abs(ts - t) <= 0.5], W, H)
     wide = track[np.abs(ts - t) <= 1.0]
     if not len(wide):  # t more than a second from the track (between its fragments): its nearest row
         wide = track[i : i + 1]
-    hh = np.maximum(wide[:, 5] - wide[:, 3], 1e-6)
-    ww = np.maximum(wide[:, 4] - wide[:, 2], 1e-6)
-    cy_sd = float(np.std((wide[:, 3] + wide[:, 5]) / 2) / max(h * H, 1e-6))
-    bottom_sd = float(np.std(wide[:, 5]) / max(h * H, 1e-6))
-    size_sd = float(np.std(ww / hh))
-    change = float(wide[:, 11].mean())
-    # a hand covers ~4% of the band; the background matches the box's colour now and then too,
-    # so the per-frame fraction saturates at 5% and what counts is how often it is there
-    above_match = float(np.minimum(wide[:, 12] / 0.05, 1.0).mean())
-    above_change = float(wide[:, 13].mean())
+    box_h = max(h * H, 1e-6)
+    cy_sd, bottom_sd, size_sd, change, above_match, above_change = _spread(wide, box_h)
     # the gap's rate of change: closing in on someone (meet) or walking off
     dgap = (wide[-1, 14] - wide[0, 14]) / (wide[-1, 0] - wide[0, 0]) if wide[-1, 0] > wide[0, 0] else 0.0
     since, until = t - ts[0], ts[-1] - t
-    return np.array([
+    out = [
         cx, cy, w, h, vx * 4, vy * 4, cy_sd * 4, bottom_sd * 4, size_sd * 4, track[i, 6],
         track[i, 7] / 80.0, np.log1p(max(since, 0.0)) / 4, np.log1p(max(until, 0.0)) / 4,
         track[i, 8], track[i, 9], track[i, 10], change * 10,
         above_match, above_change * 10, track[i, 14] / GAP_MAX, float(np.clip(dgap, -GAP_MAX, GAP_MAX)) / GAP_MAX,
-    ], dtype=np.float32)
+    ]
+    if halves:
+        for side in (-1, 1):  # before t, after t (each half includes the row at t)
+            d = (ts - t) * side
+            hv = _velocity(track[(d >= -1e-6) & (d <= 0.5)], W, H)
+            half = track[(d >= -1e-6) & (d <= 1.0)]
+            sp = _spread(half if len(half) else track[i : i + 1], box_h)
+            out += [hv[0] * 4, hv[1] * 4, sp[0] * 4, sp[1] * 4, sp[2] * 4, sp[3] * 10, sp[4], sp[5] * 10]
+    return np.array(out, dtype=np.float32)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .actions import ActionModel, decode, load_model
-from .actors import DET_BOX, KIN_DIM, ROW_COLS, THUMB_DIM, kinematics, neighbour_gap, pixel_stats, roi_features, thumbnails
+from .actors import DET_BOX, ROW_COLS, THUMB_DIM, kin_dim, kinematics, neighbour_gap, pixel_stats, roi_features, thumbnails
 from .arena import Arena
 from .config import PipelineConfig, load_config
 from .encoder import FrameEncoder
@@ -377,6 +377,7 @@ class Pipeline:
         for tid in by_id:
             by_id[tid] = by_id[tid][np.argsort(by_id[tid][:, 0])]
         A = self.cfg.actions.max_actors
+        halves = self.cfg.actions.half_windows
         rdim = self._appearance_dim()
         T_piece = frame_pieces(len(self.grids(info)[0]), self.world, self.cfg.temporal.layout)[self.rank]
         tok_l, ts_l, fm_l, act_l, am_l, ids_l, order_l = [], [], [], [], [], [], []
@@ -384,7 +385,7 @@ class Pipeline:
             n = stop - start
             F = len(s.times)
             m = maps.get((self.rank, k), {})
-            acts = torch.zeros(n, A, rdim + KIN_DIM, dtype=torch.float16)  # the model reads it in fp32 chunks
+            acts = torch.zeros(n, A, rdim + kin_dim(halves), dtype=torch.float16)  # the model reads it in fp32 chunks
             amask = torch.zeros(n, A, dtype=torch.bool)
             aid = np.full((n, A), -1)
             for f in range(F):
@@ -393,7 +394,7 @@ class Pipeline:
                     g = m.get(local)
                     if g is None or g not in by_id:
                         continue
-                    kin = kinematics(by_id[g], float(s.times[f]), (info.width, info.height))
+                    kin = kinematics(by_id[g], float(s.times[f]), (info.width, info.height), halves)
                     cands.append((-kin[9], g, feat, kin))
                 for j, (_, g, feat, kin) in enumerate(sorted(cands, key=lambda c: (c[0], c[1]))[:A]):
                     acts[f, j] = torch.cat([feat, torch.as_tensor(kin)])
