@@ -135,10 +135,10 @@ def accuracy_worker(cfg: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- orchestrator
-def launch(cfg: dict, W: int, accuracy: bool = False) -> dict | None:
+def launch(cfg: dict, W: int, accuracy: bool = False, env: dict | None = None) -> dict | None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={W}",
            str(Path(__file__).resolve()), "--accuracy-worker" if accuracy else "--worker", json.dumps(cfg)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.get("threads", 1))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.get("threads", 1)), **(env or {})}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -203,17 +203,24 @@ def main() -> None:
                     lines.append(row)
                     print(row, flush=True)
 
-    # memory vs W at fixed S_local
+    # memory vs W at fixed S_local, under glibc's default allocator and with its dynamic mmap
+    # threshold pinned (then every large tensor is its own mapping, returned when freed: peak
+    # RSS follows the live tensors instead of heap fragments the allocator keeps)
     if "memory" in sections:
+        pinned = {"MALLOC_MMAP_THRESHOLD_": "131072"}
         for s_local in (4096, 16384):
             lines += ["", f"## Peak RSS per rank at fixed S_local = {s_local} (fp32, forward+backward)", "",
-                      "| W | S total | peak RSS per rank (MiB, max over ranks) | vs W=1 |", "|---|---|---|---|"]
-            rss1 = None
+                      "| W | S total | peak RSS per rank, glibc default (MiB, max over ranks) | vs W=1 | "
+                      "with MALLOC_MMAP_THRESHOLD_=131072 | vs W=1 |", "|---|---|---|---|---|---|"]
+            first = {}
             for W in (1, 2, 3, 4):
-                r = launch(dict(base, S=s_local * W, dtype="float32", mode="fwdbwd", impl="ring", threads=1), W)
-                rss = max(x["rss_mib"] for x in r["ranks"])
-                rss1 = rss1 or rss
-                lines.append(f"| {W} | {s_local * W} | {rss:.0f} | {rss / rss1:.3f} |")
+                cells = []
+                for name, env in (("default", {}), ("pinned", pinned)):
+                    r = launch(dict(base, S=s_local * W, dtype="float32", mode="fwdbwd", impl="ring", threads=1), W, env=env)
+                    rss = max(x["rss_mib"] for x in r["ranks"])
+                    first.setdefault(name, rss)
+                    cells.append(f"{rss:.0f} | {rss / first[name]:.3f}")
+                lines.append(f"| {W} | {s_local * W} | {' | '.join(cells)} |")
                 print(lines[-1], flush=True)
         if not args.quick:
             r = launch(dict(base, S=65536, dtype="float32", mode="fwdbwd", impl="ring", threads=1), 2)

@@ -11,6 +11,7 @@ from videoring.ring import ring_attention
 from videoring.ring.layout import chunks_of
 
 DEFAULT_PIECE = ring_attention_module.PIECE
+DEFAULT_STREAM = ring_attention_module.STREAM_MIN
 
 
 def positions(rank: int, world: int, s_local: int, layout: str) -> torch.Tensor:
@@ -58,6 +59,8 @@ def run_case(rank, world, case):
     seed, B, H, total, D, layout, causal, block, dtype, use_pad = case[:10]
     # an optional small sub-block size, so short test sequences take the sub-block path
     ring_attention_module.PIECE = case[10] if len(case) > 10 else DEFAULT_PIECE
+    # an optional small stream chunk, so short blocks travel the ring in several chunks
+    ring_attention_module.STREAM_MIN = case[11] if len(case) > 11 else DEFAULT_STREAM
     q, k, v, do, pad = make_inputs(seed, B, H, total, D, world, layout, holes=use_pad == "holes")
     L = q.shape[2]
     pos = positions(rank, world, L // world, layout)
@@ -75,3 +78,4 @@ def run_cases(rank, world, cases):
         return [run_case(rank, world, c) for c in cases]
     finally:
         ring_attention_module.PIECE = DEFAULT_PIECE
+        ring_attention_module.STREAM_MIN = DEFAULT_STREAM

@@ -27,7 +27,7 @@ from videoring.ring import gather_sequence, ring_attention, shard_sequence
 from videoring.ring.kernels import BlockKernel
 
 from .distributed import run_world
-from .ring_cases import DEFAULT_PIECE, make_inputs, reference, run_cases
+from .ring_cases import DEFAULT_PIECE, DEFAULT_STREAM, make_inputs, reference, run_cases
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 MASKS = [(False, 1), (True, 1), (True, 4)]  # non-causal, causal, frame-causal (4 tokens per frame)
@@ -70,6 +70,10 @@ def _cases(world):
             # with padded keys inside the sequence (absent actor tokens) as well as at its end
             cases.append((5, 1, 2, 203, 16, layout, causal, block, torch.float32, "holes", 12))
             cases.append((6, 1, 1, 157, 8, layout, causal, block, torch.float64, "holes", 12))
+            # K/V blocks streamed in chunks of >= 5 tokens (ring.attention.STREAM_MIN): chunk
+            # edges cut zigzag pieces, sub-blocks and frames; the last chunk is shorter
+            cases.append((8, 1, 2, 203, 16, layout, causal, block, torch.float32, "holes", 12, 5))
+            cases.append((9, 2, 1, 157, 8, layout, causal, block, torch.float64, True, DEFAULT_PIECE, 5))
     return cases
 
 
@@ -83,7 +87,7 @@ def test_ring_matches_float64_reference(world):
 
 
 def _sdpa_bf16_error(case) -> list[float]:
-    seed, B, H, total, D, layout, causal, block, _, _ = case
+    seed, B, H, total, D, layout, causal, block, _, _ = case[:10]
     q, k, v, do, pad = make_inputs(seed, B, H, total, D, 1, layout)
     L = q.shape[2]
     ref = reference(q, k, v, do, pad, causal, block)
@@ -101,7 +105,9 @@ def _sdpa_bf16_error(case) -> list[float]:
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_bf16_error_does_not_grow_with_world(world):
-    cases = [(7, 1, 4, 96 * world, 32, lay, c, b, torch.bfloat16, True) for lay in ("contiguous", "zigzag") for c, b in MASKS]
+    # whole blocks, and blocks streamed in chunks of >= 24 tokens (more fp32 merges)
+    cases = [(7, 1, 4, 96 * world, 32, lay, c, b, torch.bfloat16, True, DEFAULT_PIECE, stream)
+             for lay in ("contiguous", "zigzag") for c, b in MASKS for stream in (DEFAULT_STREAM, 24)]
     results = run_world(run_cases, world, cases)
     for case, errs in zip(cases, _errors(results, cases, world)):
         base = _sdpa_bf16_error(case)
@@ -117,6 +123,7 @@ def _random_cases(rng: random.Random, world: int, n: int):
             rng.randrange(1000), rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 160), rng.choice([8, 16, 24]),
             rng.choice(["contiguous", "zigzag"]), causal, rng.randint(1, 6) if causal else 1,
             rng.choice([torch.float32, torch.float64]), rng.random() < 0.7,
+            DEFAULT_PIECE, rng.choice([DEFAULT_STREAM, 3, 7]),
         ))
     return cases
 

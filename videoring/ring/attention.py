@@ -1,17 +1,19 @@
 """Exact ring attention: each rank keeps its queries, K/V blocks travel the ring.
 
-Forward, W ranks, W steps: at step s rank r holds the K/V block of rank
-(r - s) mod W. It posts the transfer of that block to the next rank, computes
-attention of its queries against it (per piece pair, skipping pieces that the
-mask hides entirely), merges the partial result with the log-sum-exp rule, and
-only then waits for the transfer. Output and statistics accumulate in fp32
-(fp64 for fp64 inputs).
+Forward, W ranks, W steps: at step s rank r holds the K/V of rank (r - s) mod W.
+It posts the transfer of that K/V to the next rank, computes attention of its
+queries against it (per piece pair, skipping pieces that the mask hides
+entirely), merges the partial result with the log-sum-exp rule, and only then
+waits for the transfer. Output and statistics accumulate in fp32 (fp64 for fp64
+inputs). A block travels in chunks (``_spans``): one full ring per chunk, so the
+transfer buffers are chunk-sized.
 
 Backward (FlashAttention-2 style recomputation with the final out and lse): the
-K/V blocks travel again, each with an fp32 accumulator of its dK/dV that every
+K/V chunks travel again, each with an fp32 accumulator of its dK/dV that every
 rank adds its contribution to; after W steps one more hop brings the
-accumulator home. dQ never leaves its rank. No rank ever holds more than two
-K/V blocks and three dK/dV buffers.
+accumulator home, hidden behind the next chunk's first step. dQ never leaves
+its rank. No rank ever holds more than its own block, two K/V chunks and three
+dK/dV chunk buffers.
 """
 
 from __future__ import annotations
@@ -78,6 +80,16 @@ class _Spec:
 # CUDA takes larger pieces (pipelines/gpu_check.py measures both).
 PIECE = 1024
 PIECE_CUDA = 8192
+
+# K/V blocks travel the ring in up to STREAM_CHUNKS chunks of at least STREAM_MIN
+# tokens (a whole block when shorter): the transfer buffers, and the dK/dV ones of
+# the backward, are then chunk-sized, not block-sized, so a ring rank holds little
+# more than one process does (the issue's bound: peak memory within 10% from W=1
+# to W=4; whole-block buffers cost +38% at S_local = 16k). More chunks mean more
+# merges and calls: 8 of >= 1024 tokens on CPU; CUDA keeps its kernels large.
+STREAM_CHUNKS = 8
+STREAM_MIN = 1024
+STREAM_MIN_CUDA = 8192
 
 
 def _split(piece: tuple[int, int, int], n: int) -> list[tuple[int, int, int]]:
@@ -150,11 +162,18 @@ def _pairs(spec: _Spec, qchunks, kchunks, kpad: Tensor | None, device):
                 yield qc, kc, mask, causal_flag
 
 
-def _rank_pairs(spec: _Spec, src: int, s_local: int, pads: list[Tensor] | None, device):
-    """The visible pairs of this rank's queries against rank ``src``'s keys."""
+def _rank_pairs(spec: _Spec, src: int, s_local: int, pads: list[Tensor] | None, device, span: tuple[int, int]):
+    """The visible pairs of this rank's queries against keys [c0, c1) of rank ``src``'s block
+    (key offsets relative to c0: the chunk of the block that is here now)."""
     comm = spec.comm
-    return _pairs(spec, chunks_of(comm.rank, comm.world, s_local, spec.layout),
-                  chunks_of(src, comm.world, s_local, spec.layout), None if pads is None else pads[src], device)
+    c0, c1 = span
+    kchunks = []
+    for off, start, n in chunks_of(src, comm.world, s_local, spec.layout):
+        lo, hi = max(off, c0), min(off + n, c1)
+        if hi > lo:
+            kchunks.append((lo - c0, start + lo - off, hi - lo))
+    return _pairs(spec, chunks_of(comm.rank, comm.world, s_local, spec.layout), kchunks,
+                  None if pads is None else pads[src][:, c0:c1], device)
 
 
 def _accumulate(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, pairs, spec: _Spec) -> None:
@@ -174,24 +193,69 @@ def _accumulators(q: Tensor) -> tuple[Tensor, Tensor]:
             torch.full((B, H, S), float("-inf"), dtype=acc, device=q.device))
 
 
+def _spans(s_local: int, world: int, device_type: str) -> list[tuple[int, int]]:
+    """The chunks [c0, c1) in which a K/V block travels the ring (one chunk for one rank)."""
+    if world == 1:
+        return [(0, s_local)]
+    least = STREAM_MIN if device_type == "cpu" else STREAM_MIN_CUDA
+    n = max(1, min(STREAM_CHUNKS, s_local // max(1, least)))
+    size = -(-s_local // n)
+    return [(c, min(c + size, s_local)) for c in range(0, s_local, size)]
+
+
+def _chunk_view(store: Tensor, like: Tensor, n: int) -> Tensor:
+    """A contiguous (2, B, H, n, D) tensor (K and V, or dK and dV) in ``store``'s memory."""
+    B, H, _, D = like.shape
+    return store[: 2 * B * H * n * D].view(2, B, H, n, D)
+
+
+def _stores(like: Tensor, spans, count: int, dtype: torch.dtype) -> list[Tensor]:
+    B, H, _, D = like.shape
+    nmax = max(c1 - c0 for c0, c1 in spans)
+    return [torch.empty(2 * B * H * nmax * D, dtype=dtype, device=like.device) for _ in range(count)]
+
+
 def _forward(q: Tensor, k: Tensor, v: Tensor, pads: list[Tensor] | None, spec: _Spec) -> tuple[Tensor, Tensor]:
     comm, W = spec.comm, spec.comm.world
     S = q.shape[2]
     out, lse = _accumulators(q)
-    # one rank: attend to k, v where they are (stacking them for the ring would copy both)
-    bufs = [torch.stack([k, v]) if W > 1 else (k, v), None]
-    if W > 1:
-        bufs[1] = torch.empty_like(bufs[0])
-    for step in range(W):
-        src = (comm.rank - step) % W
-        cur = bufs[step % 2]
-        reqs = comm.start([cur], [bufs[(step + 1) % 2]]) if step + 1 < W else None
+    if W == 1:  # attend to k, v where they are: nothing travels
         t0 = time.perf_counter()
-        _accumulate(q, cur[0], cur[1], out, lse, _rank_pairs(spec, src, S, pads, q.device), spec)
+        _accumulate(q, k, v, out, lse, _rank_pairs(spec, comm.rank, S, pads, q.device, (0, S)), spec)
         if _STATS is not None:
             _STATS.compute_s += time.perf_counter() - t0
-        comm.wait(reqs)
+        return out, lse
+    spans = _spans(S, W, spec.device_type)
+    store = _stores(k, spans, 2, k.dtype)  # the chunk being computed on, the chunk arriving
+    for c0, c1 in spans:
+        bufs = [_chunk_view(st, k, c1 - c0) for st in store]
+        bufs[0][0].copy_(k[:, :, c0:c1])
+        bufs[0][1].copy_(v[:, :, c0:c1])
+        for step in range(W):
+            src = (comm.rank - step) % W
+            cur = bufs[step % 2]
+            reqs = comm.start([cur], [bufs[(step + 1) % 2]]) if step + 1 < W else None
+            t0 = time.perf_counter()
+            _accumulate(q, cur[0], cur[1], out, lse, _rank_pairs(spec, src, S, pads, q.device, (c0, c1)), spec)
+            if _STATS is not None:
+                _STATS.compute_s += time.perf_counter() - t0
+            comm.wait(reqs)
     return out, lse
+
+
+def _block_grads(dout, q, k, v, out, lse, dq: Tensor, dkv: Tensor, pairs, spec: _Spec) -> None:
+    """Add one K/V chunk's contributions: to this rank's dQ and to the chunk's dK/dV."""
+    t0 = time.perf_counter()
+    for qc, kc, mask, cflag in pairs:
+        qs, ks = slice(qc[0], qc[0] + qc[2]), slice(kc[0], kc[0] + kc[2])
+        gq, gk, gv = spec.kernel.backward(
+            dout[:, :, qs], q[:, :, qs], k[:, :, ks], v[:, :, ks], out[:, :, qs], lse[:, :, qs], mask, cflag, spec.scale,
+        )
+        dq[:, :, qs] += gq
+        dkv[0][:, :, ks] += gk
+        dkv[1][:, :, ks] += gv
+    if _STATS is not None:
+        _STATS.compute_s += time.perf_counter() - t0
 
 
 def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, pads, spec: _Spec):
@@ -199,42 +263,51 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     S = q.shape[2]
     acc = acc_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-    kv = [torch.stack([k, v]) if W > 1 else (k, v), None]
-    if W > 1:
-        kv[1] = torch.empty_like(kv[0])
-    # three dK/dV buffers (one when W = 1): being computed, in flight to the next rank,
-    # arriving from the previous
-    work, sending, arriving = (
-        torch.zeros((2, *k.shape), dtype=acc, device=k.device) if i == 0 or W > 1 else None for i in range(3)
-    )
-    dkv_reqs = None
-    for step in range(W):
-        src = (comm.rank - step) % W
-        cur = kv[step % 2]
-        kv_reqs = comm.start([cur], [kv[(step + 1) % 2]]) if step + 1 < W else None
-        t0 = time.perf_counter()
-        for qc, kc, mask, cflag in _rank_pairs(spec, src, S, pads, q.device):
-            qs, ks = slice(qc[0], qc[0] + qc[2]), slice(kc[0], kc[0] + kc[2])
-            gq, gk, gv = spec.kernel.backward(
-                dout[:, :, qs], q[:, :, qs], cur[0][:, :, ks], cur[1][:, :, ks],
-                out[:, :, qs], lse[:, :, qs], mask, cflag, spec.scale,
-            )
-            dq[:, :, qs] += gq
-            work[0][:, :, ks] += gk
-            work[1][:, :, ks] += gv
-        if _STATS is not None:
-            _STATS.compute_s += time.perf_counter() - t0
-        if W == 1:
-            return dq, work[0], work[1]
-        if step > 0:
-            comm.wait(dkv_reqs)  # `arriving` holds the accumulator of this same K/V block
-            work += arriving
-        comm.wait(kv_reqs)
-        dkv_reqs = comm.start([work], [sending])  # `sending` is free: its transfer was waited for
-        work, sending, arriving = arriving, work, sending
+    dkv = torch.zeros((2, *k.shape), dtype=acc, device=k.device)
+    if W == 1:
+        _block_grads(dout, q, k, v, out, lse, dq, dkv, _rank_pairs(spec, comm.rank, S, pads, q.device, (0, S)), spec)
+        return dq, dkv[0], dkv[1]
+    spans = _spans(S, W, spec.device_type)
+    kv_store = _stores(k, spans, 2, k.dtype)
+    # three dK/dV chunk buffers: being computed (work), in flight to the next rank
+    # (sending), arriving from the previous one; their roles rotate every step
+    g_store = _stores(k, spans, 3, acc)
+    roles = [0, 1, 2]  # indices into g_store of (work, sending, arriving)
+    home = None  # (transfer, buffer, span): the last hop of the previous chunk, still in flight
+
+    def land(h) -> None:
+        comm.wait(h[0])
+        a, b = h[2]
+        dkv[:, :, :, a:b].copy_(h[1])
+
+    for c0, c1 in spans:
+        n = c1 - c0
+        kv = [_chunk_view(st, k, n) for st in kv_store]
+        kv[0][0].copy_(k[:, :, c0:c1])
+        kv[0][1].copy_(v[:, :, c0:c1])
+        work, sending, arriving = (_chunk_view(g_store[i], k, n) for i in roles)
         work.zero_()
-    comm.wait(dkv_reqs)  # the last hop: our own block's dK/dV, complete
-    return dq, arriving[0], arriving[1]
+        dkv_reqs = None
+        for step in range(W):
+            src = (comm.rank - step) % W
+            cur = kv[step % 2]
+            kv_reqs = comm.start([cur], [kv[(step + 1) % 2]]) if step + 1 < W else None
+            _block_grads(dout, q, cur[0], cur[1], out, lse, dq, work,
+                         _rank_pairs(spec, src, S, pads, q.device, (c0, c1)), spec)
+            if step > 0:
+                comm.wait(dkv_reqs)  # `arriving` holds the accumulator of this same K/V chunk
+                work += arriving
+            elif home is not None:
+                land(home)  # frees `sending` and `arriving` (their views from the last chunk)
+                home = None
+            comm.wait(kv_reqs)
+            dkv_reqs = comm.start([work], [sending])  # `sending` is free: its transfer was waited for
+            work, sending, arriving = arriving, work, sending
+            roles = [roles[2], roles[0], roles[1]]
+            work.zero_()
+        home = (dkv_reqs, arriving, (c0, c1))  # one more hop brings this chunk's dK/dV home
+    land(home)
+    return dq, dkv[0], dkv[1]
 
 
 class _RingAttention(torch.autograd.Function):

@@ -26,5 +26,6 @@ def merge_(out: Tensor, lse: Tensor, o: Tensor, l: Tensor) -> None:
     new = torch.logaddexp(lse, l)
     w_old = torch.nan_to_num(torch.exp(lse - new), nan=0.0)  # -inf - -inf: both empty
     w_new = torch.nan_to_num(torch.exp(l - new), nan=0.0)
-    out.mul_(w_old.unsqueeze(-1)).add_(o.to(out.dtype) * w_new.unsqueeze(-1))
+    # addcmul_: no (B, H, S, D) temporary for the weighted block output
+    out.mul_(w_old.unsqueeze(-1)).addcmul_(o.to(out.dtype), w_new.unsqueeze(-1))
     lse.copy_(new)
