@@ -107,23 +107,47 @@ def test_pipeline_config_errors_name_the_key(override, key):
         load_config(None, [override], cls=PipelineConfig)
 
 
-def test_merge_tracklets_joins_fragments_of_one_actor_only():
-    from videoring.tracking import merge_tracklets
+def test_link_tracklets_joins_fragments_of_one_actor_only():
+    from videoring.tracking import link_tracklets
 
     def frag(tid, t0, t1, x0, vx, rgb):
         r = _rows(tid, t0, t1, x0, vx, step=0.1)
         return np.concatenate([r, np.tile([*rgb, 0.0], (len(r), 1))], axis=1)
 
-    red, blue = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9)
+    red, blue, green = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9), (0.1, 0.8, 0.1)
     a = frag(1, 0.0, 5.0, 0, 10, red)  # ends at x=~49 heading right at 10 px/s
     b = frag(2, 6.0, 9.0, 60, 10, red)  # 1 s later where A was heading: the same actor
     c = frag(3, 6.0, 9.0, 60, 10, blue)  # same place, other colour: someone else
     d = frag(4, 6.0, 9.0, 250, 10, red)  # same colour, far away: someone else
-    e = frag(5, 2.0, 8.0, 120, 0, red)  # overlaps A in time: never the same actor
-    out = merge_tracklets(np.concatenate([a, b, c, d, e]))
-    ids = {orig: set(out[np.concatenate([a, b, c, d, e])[:, 1] == orig, 1].astype(int)) for orig in (1, 2, 3, 4, 5)}
-    assert ids[2] == {1}
-    assert ids[3] == {3} and ids[4] == {4} and ids[5] == {5}
+    e = frag(5, 2.0, 8.0, 120, 0, red)  # overlaps A by 3 s (> max_overlap_s): never the same actor
+    # a duplicate track that starts 1 s before F ends, on F's box: the same actor, the overlap dropped
+    f = frag(6, 10.0, 14.0, 300, 0, green)
+    g = frag(7, 13.0, 16.0, 300, 0, green)
+    # H leaves at the right border (x2 = 400 of a 400-wide frame); I enters there 1 s later: two visits
+    h = frag(8, 20.0, 22.0, 360, 10, blue)
+    i = frag(9, 23.0, 25.0, 381, -10, blue)
+    rows = np.concatenate([a, b, c, d, e, f, g, h, i])
+    out, root = link_tracklets(rows, (400, 300))
+    assert root[2] == 1
+    assert root[3] == 3 and root[4] == 4 and root[5] == 5
+    assert root[7] == 6
+    kept = out[out[:, 1] == 6]
+    assert len(np.unique(kept[:, 0])) == len(kept) == len(f) + int((g[:, 0] > f[-1, 0]).sum())  # one box per time
+    assert root[9] == 9  # leaving and entering at the border is not linked ...
+    _, root = link_tracklets(rows)  # ... unless the frame size is unknown
+    assert root[9] == 8
+    assert len(out) == len(rows) - int((g[:, 0] <= f[-1, 0]).sum())
+
+
+def test_suppress_duplicates_per_class():
+    from videoring.tracking import suppress_duplicates
+
+    xyxy = np.array([[0, 0, 10, 20], [0, 0, 11, 22], [30, 0, 40, 20], [0, 0, 10, 20.0]])
+    conf = np.array([0.5, 0.9, 0.8, 0.7])
+    cls = np.array([0, 0, 0, 1])
+    # box 0 is box 1's duplicate (IoU 0.83): the higher score stays; box 3 is another class
+    assert suppress_duplicates(xyxy, conf, cls, 0.6).tolist() == [1, 2, 3]
+    assert suppress_duplicates(xyxy, conf, cls, 0.9).tolist() == [0, 1, 2, 3]
 
 
 def test_pixel_stats_change_and_forgetting():

@@ -41,7 +41,7 @@ from .results import ClipAction, Results, Track, VideoMeta
 from .ring.comm import world_of
 from .sampling import Sampling, SamplingPlan, select_indices
 from .source import VideoSource
-from .tracking import SPARE, Tracker, extend_tracks, merge_tracklets, stitch
+from .tracking import SPARE, Tracker, extend_tracks, link_tracklets, stitch
 from .videoinfo import VideoInfo, probe
 
 __all__ = ["Pipeline", "SpanData", "ModelInputs"]
@@ -366,11 +366,9 @@ class Pipeline:
         """Stitch tracks, build this rank's padded frame + actor token tensors; returns (inputs, global rows)."""
         rows, maps, spare = self._exchange_tracks(spans)
         if self.cfg.track.merge_gap_s > 0:
-            merged = merge_tracklets(rows, self.cfg.track.merge_gap_s)
-            # actor tokens name span-local IDs: follow them to the merged ones
-            remap = dict(zip(rows[:, 1].astype(int).tolist(), merged[:, 1].astype(int).tolist()))
+            rows, remap = link_tracklets(rows, (info.width, info.height), self.cfg.track.merge_gap_s)
+            # actor tokens name span-local IDs: follow them to the linked ones
             maps = {key: {loc: remap.get(g, g) for loc, g in m.items()} for key, m in maps.items()}
-            rows = merged
         rows = extend_tracks(rows, spare, self.cfg.track.fps, self.cfg.track.extend_s)
         keep = _long_tracks(rows, self.cfg.actions.min_track_s)
         by_id = {tid: rows[rows[:, 1] == tid] for tid in keep}
