@@ -388,10 +388,13 @@ class Pipeline:
             aid = np.full((n, A), -1)
             for f in range(F):
                 cands = []
+                seen = set()
                 for local, feat in s.roi[f].items():
                     g = m.get(local)
-                    if g is None or g not in by_id:
+                    # two pieces linked across their overlap are one actor: one token per step
+                    if g is None or g not in by_id or g in seen:
                         continue
+                    seen.add(g)
                     kin = kinematics(by_id[g], float(s.times[f]), (info.width, info.height), halves)
                     cands.append((-kin[9], g, feat, kin))
                 for j, (_, g, feat, kin) in enumerate(sorted(cands, key=lambda c: (c[0], c[1]))[:A]):
