@@ -178,7 +178,7 @@ def suppress_duplicates(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, iou
 
     keep = torchvision.ops.batched_nms(torch.as_tensor(xyxy, dtype=torch.float32), torch.as_tensor(conf, dtype=torch.float32),
                                        torch.as_tensor(cls).long(), iou)
-    return np.sort(keep.numpy()) if len(keep) else keep.numpy()
+    return np.sort(keep.numpy())
 
 
 def _resolve_detector(cfg: TrackConfig, imgsz: tuple[int, int] | int | None = None) -> str:
