@@ -98,7 +98,7 @@ def test_named_model_needs_opt_in():
     ("actions.max_actors=0", "actions.max_actors"), ("actions.background=sit", "actions.background"),
     ("actions.labels=[a, a]", "actions.labels"), ("track.bogus=1", "track.bogus"), ("track.conf=high", "track.conf"),
     ("track.extend_s=-1", "track.extend_s"), ("temporal.dropout=1.5", "temporal.dropout"),
-    ("actions.nms_labels=[hug]", "actions.nms_labels"),
+    ("actions.nms_labels=[hug]", "actions.nms_labels"), ("track.iou=0", "track.iou"),
 ])
 def test_pipeline_config_errors_name_the_key(override, key):
     from videoring.config import PipelineConfig, load_config

@@ -159,7 +159,7 @@ class TrackConfig:
         if not (0 <= self.conf < 1):
             raise ConfigError(f"track.conf: got {self.conf!r}; use 0 <= conf < 1")
         if not (0 < self.iou <= 1):
-            raise ConfigError(f"track.iou: got {self.iou!r}; use 0 < iou <= 1")
+            raise ConfigError(f"track.iou: got {self.iou!r}; use 0 < iou <= 1 (the NMS overlap before tracking; 1 turns it off)")
         if self.batch < 1:
             raise ConfigError(f"track.batch: got {self.batch!r}; use an integer >= 1")
         if not (0 <= self.overlap_s <= 60):
