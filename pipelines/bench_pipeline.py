@@ -18,6 +18,9 @@ minutes). Each row runs in its own process (peak RSS is per row):
 - ``yolo track``: the ultralytics CLI alone, same detector, imgsz, tracker and rate
   (``vid_stride``);
 - ``timm fp32``: timm eager fp32 on the encoder's frames (the encoder's alternative).
+
+All rows on all three videos take ~50 minutes on 2 cores (the ``yolo track`` rows on the hour
+alone ~17); --quick a few minutes.
 """
 
 from __future__ import annotations

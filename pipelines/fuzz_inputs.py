@@ -4,7 +4,8 @@
 
 Prints the report (decoded / clean errors / contained native crashes /
 timeouts / failures) and exits 1 if any case failed. CI runs 100 cases
-(tests/test_fuzz.py); docs/reliability.md has the last full run.
+(tests/test_fuzz.py); docs/reliability.md has the last full run (1,000 cases:
+~30 s on 2 cores).
 """
 
 from __future__ import annotations
