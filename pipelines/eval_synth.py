@@ -79,7 +79,8 @@ def main() -> None:
     args = ap.parse_args()
 
     short, long = clips(Path(args.data), args.short, args.long, args.split)
-    pred_dir = Path(args.data) / ("pred" if args.split == "heldout" else f"pred_{args.split}")
+    tag = "" if args.split == "heldout" else f"_{args.split}"  # held-out keeps its original names
+    pred_dir = Path(args.data) / f"pred{tag}"
     pred_dir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.from_config("default", overrides=["output.annotate=false", *args.overrides])
     report: dict = {"split": args.split, "overrides": args.overrides}
@@ -97,7 +98,7 @@ def main() -> None:
             pairs_w, secs, wall = run(local, long, wdir)
             report["long_window60"] = {**evaluate(pairs_w), "video_s": secs, "wall_s": round(wall, 1)}
             print(json.dumps(report["long_window60"]), flush=True)
-    out = Path(args.out or ("out/eval_synth.json" if args.split == "heldout" else f"out/eval_synth_{args.split}.json"))
+    out = Path(args.out or f"out/eval_synth{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
 
