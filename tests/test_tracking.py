@@ -221,6 +221,32 @@ def test_thumbnails_and_kinematics_shapes():
 
 
 
+@pytest.mark.parametrize("shape", ["square", "circle", "hexagon"])
+def test_texture_features_tell_look_alikes_apart(shape):
+    """Four look-alikes (same shape and colour, each pattern) drawn by the synthetic renderer on
+    a grey background, boxes one pixel loose: stripes are periodic down the box and not across,
+    dots both ways, a frame has the darkest border ring, solid has none of these."""
+    from videoring.actors import THUMB_DIM, TEX_DIM, texture_features, thumbnails
+    from videoring.synth.render import _paste, _sprite
+    from videoring.synth.scenario import Appearance
+
+    feats, thumbs = {}, {}
+    for pattern in ("solid", "stripes", "dots", "frame"):
+        mask, rgb = _sprite(Appearance(0, shape, (50, 80, 235), pattern, 0.25, 0.9), 240)
+        img = np.full((240, 320, 3), 110, np.uint8)
+        _paste(img, mask, rgb, 100, 80)
+        box = np.array([99, 79, 101 + mask.shape[1], 81 + mask.shape[0]], float)
+        feats[pattern] = texture_features(img, box)
+        thumbs[pattern] = thumbnails(img, box[None], texture=True)[0]
+        assert thumbs[pattern].shape == (THUMB_DIM + TEX_DIM,) and np.allclose(thumbs[pattern][THUMB_DIM:], feats[pattern])
+    down, across, ring = ({p: f[i] for p, f in feats.items()} for i in range(3))
+    assert max(down, key=down.get) == "stripes" and across["stripes"] < 0.5 * down["stripes"]
+    assert across["dots"] > 2 * max(across["solid"], across["stripes"]) and down["dots"] > 2 * down["solid"]
+    assert min(ring, key=ring.get) == "frame" and ring["solid"] > 0.45
+    assert feats["solid"][:2].max() < 0.15
+    assert not texture_features(img, np.array([0, 0, 3, 3], float)).any()  # too small: zeros
+
+
 def test_half_window_kinematics_tell_before_from_after():
     """An actor walks (10 px/s) until t=1, then runs (50 px/s): the centred velocity mixes the
     two; the half-windows give each side's own; the first KIN_DIM numbers do not change."""

@@ -66,3 +66,21 @@ def test_data_parallel_ranks_stay_identical(clips, tmp_path):
     sums = run_world(train_on_rank, 2, _overrides(root, paths, tmp_path / "dp"), timeout=280)
     assert sums[0] == sums[1]
     assert (tmp_path / "dp" / "model.safetensors").exists()
+
+
+def test_texture_model_trains_and_is_loaded_only_with_texture(clips, tmp_path):
+    """``actions.texture`` widens the actor token: a model trained with it analyses a video with
+    it, and a config without it is told to use the one the model was trained with."""
+    from videoring.errors import ConfigError
+    from videoring.pipeline import Pipeline
+    from videoring.train import load_train_config, train
+
+    root, paths = clips
+    out = tmp_path / "tex"
+    trained = train(load_train_config("configs/train_synth.yaml", [*_overrides(root, paths, out, epochs=1), "actions.texture=true"]),
+                    log=lambda *x: None)
+    common = [f"actions.model={trained.path}", "track.export=none"]
+    res = Pipeline.from_config("default", overrides=[*common, "actions.texture=true"])(paths[0])
+    assert res.tracks and res.track_actions
+    with pytest.raises(ConfigError, match="does not fit this config"):
+        Pipeline.from_config("default", overrides=common)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .actors import THUMB_DIM, kin_dim
+from .actors import kin_dim, look_dim
 from .config import ActionConfig, PipelineConfig
 from .errors import ConfigError
 from .results import Segment, TrackAction
@@ -73,9 +73,10 @@ class ActionModel(nn.Module):
         self.labels = list(a.labels)
         L = len(self.labels)
         roi_dim = enc_dim * a.roi_size * a.roi_size
-        actor_dim = roi_dim + THUMB_DIM + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
+        look = look_dim(a.texture)
+        actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
-                                      look=slice(roi_dim, roi_dim + THUMB_DIM))
+                                      look=slice(roi_dim, roi_dim + look))
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)

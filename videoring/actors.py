@@ -1,12 +1,14 @@
 """Actor tokens: what the temporal model knows about each tracked actor at each time step.
 
-Per actor and encoder frame, two parts:
+Per actor and encoder frame, three parts:
 
 - appearance: RoIAlign (``torchvision.ops.roi_align``) of the ViT patch grid
   under the actor's box, ``roi_size x roi_size`` cells, flattened;
 - a thumbnail (:data:`THUMB_DIM` numbers): the box's pixels at 6x6 RGB, an
   identity signature (shape, colour, coarse pattern) that attention can match
-  against actors seen long before (``arrive`` vs ``return``);
+  against actors seen long before (``arrive`` vs ``return``); optionally
+  (``actions.texture``) :data:`TEX_DIM` more numbers of :func:`texture_features`, the
+  surface pattern at full resolution, which 6x6 averages away;
 - kinematics (:data:`KIN_DIM` numbers): box centre and size (fractions of the
   frame), velocity (frame sizes per second, over +-0.5 s of the track), spread
   of the centre height and of the box size over +-1 s (jumps, spins), detector
@@ -31,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DET_BOX", "KIN_DIM", "ROW_COLS", "THUMB_DIM", "pixel_stats", "roi_features", "thumbnails", "neighbour_gap", "kinematics", "kin_dim"]
+__all__ = ["DET_BOX", "KIN_DIM", "ROW_COLS", "TEX_DIM", "THUMB_DIM", "look_dim", "pixel_stats", "roi_features", "texture_features", "thumbnails",
+           "neighbour_gap", "kinematics", "kin_dim"]
 
 ROW_COLS = 19  # t, id, x1, y1, x2, y2, conf, cls, r, g, b, change, above_match, above_change, gap, dx1, dy1, dx2, dy2
 DET_BOX = slice(15, 19)
@@ -44,6 +47,7 @@ HALF_DIM = 16  # kinematics(halves=True): 8 more before t, 8 after
 _CROP = 12
 _THUMB = 6
 THUMB_DIM = _THUMB * _THUMB * 3
+TEX_DIM = 4
 GAP_MAX = 4.0  # box widths: "no one near" (also the value when alone)
 # the band above a box: as tall as half the box, reaching 40% of its width out on each side
 # (where a raised hand is; the synthetic wave swings 0.6 widths from the centre)
@@ -137,14 +141,54 @@ def neighbour_gap(rows: np.ndarray, others: np.ndarray | None = None) -> np.ndar
     return np.minimum(gap.min(1), GAP_MAX)
 
 
-def thumbnails(img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N, THUMB_DIM) 6x6 RGB of each box in [0, 1] (zeros for a box under 2x2 pixels in view)."""
-    out = np.zeros((len(boxes), THUMB_DIM), np.float32)
+def look_dim(texture: bool = False) -> int:
+    """Length of :func:`thumbnails`' output per box."""
+    return THUMB_DIM + (TEX_DIM if texture else 0)
+
+
+def thumbnails(img: np.ndarray, boxes: np.ndarray, texture: bool = False) -> np.ndarray:
+    """(N, look_dim(texture)) per box: 6x6 RGB in [0, 1] (zeros for a box under 2x2 pixels in
+    view), then with ``texture`` its :func:`texture_features`."""
+    out = np.zeros((len(boxes), look_dim(texture)), np.float32)
     for i, b in enumerate(boxes):
         c = _crop(img, b, (_THUMB, _THUMB))
         if c is not None:
-            out[i] = c.reshape(-1) / 255.0
+            out[i, :THUMB_DIM] = c.reshape(-1) / 255.0
+        if texture:
+            out[i, THUMB_DIM:] = texture_features(img, b)
     return out
+
+
+def texture_features(img: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(TEX_DIM,) the box's surface pattern, in about [0, 1], from its full-resolution luminance:
+    the strength of a periodic pattern down the box and across it (stripes, a grid of dots), how
+    much darker its border ring is than its centre (a frame), and the share of dark pixels in the
+    centre. Two look-alikes that differ only in pattern have the same 6x6 thumbnail to within
+    the shading; these tell them apart (``return`` vs ``arrive`` of a look-alike). The period
+    looked for is a quarter of the box height, +-10%: a pattern scales with its wearer."""
+    H, W = img.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
+    h, w = y2 - y1, x2 - x1
+    if h < 8 or w < 4:
+        return np.zeros(TEX_DIM, np.float32)
+    lum = img[y1:y2, x1:x2].astype(np.float32).mean(2)
+    r0, r1, c0, c1 = h // 4, h - h // 4, w // 4, w - w // 4
+    period = 2 * max(2, h // 8)
+
+    def strength(p: np.ndarray) -> float:  # amplitude at the period, relative to the mean
+        p = p / max(float(p.mean()), 1.0) - 1.0
+        y = np.arange(len(p))
+        return max(abs(np.mean(p * np.exp(-2j * np.pi * y / (period * s)))) * 2 for s in (0.9, 1.0, 1.1))
+
+    b = max(1, min(h, w) // 6)
+    mid = lum[r0:r1]
+    ring = np.concatenate([mid[:, :b].ravel(), mid[:, -b:].ravel(), lum[:b, c0:c1].ravel(), lum[-b:, c0:c1].ravel()])
+    inner = lum[r0:r1, c0:c1]
+    ratio = float(ring.mean()) / max(float(inner.mean()), 1.0)
+    dark = float((inner < 0.7 * np.percentile(inner, 90)).mean())
+    out = [strength(lum[:, c0:c1].mean(1)) * 4, strength(mid.mean(0)) * 4, min(ratio, 2.0) / 2, dark]
+    return np.clip(np.array(out, np.float32), 0.0, 1.0)
 
 
 def roi_features(grid: Tensor, boxes: list[np.ndarray], frame_wh: tuple[int, int], size: int,

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .actions import ActionModel, decode, load_model
-from .actors import DET_BOX, ROW_COLS, THUMB_DIM, kin_dim, kinematics, neighbour_gap, pixel_stats, roi_features, thumbnails
+from .actors import DET_BOX, ROW_COLS, kin_dim, kinematics, look_dim, neighbour_gap, pixel_stats, roi_features, thumbnails
 from .arena import Arena
 from .config import PipelineConfig, load_config
 from .encoder import FrameEncoder
@@ -319,7 +319,7 @@ class Pipeline:
         return out
 
     def _appearance_dim(self) -> int:
-        return self.encoder.dim * self.cfg.actions.roi_size ** 2 + THUMB_DIM
+        return self.encoder.dim * self.cfg.actions.roi_size ** 2 + look_dim(self.cfg.actions.texture)
 
     def _roi(self, grid: Tensor, images: np.ndarray, times: np.ndarray, rows: np.ndarray,
              wh: tuple[int, int]) -> list[dict[int, Tensor]]:
@@ -336,7 +336,8 @@ class Pipeline:
             ids.append(r[:, 1].astype(int))
         # kept until the end of the video: fp16 halves the hour's ~45 MB of them (rounding 5e-4 relative)
         feats = roi_features(grid, boxes, wh, self.cfg.actions.roi_size, torch.float16)
-        feats = [torch.cat([f, torch.as_tensor(thumbnails(img, b)).to(f.dtype)], dim=1) for f, img, b in zip(feats, images, boxes)]
+        tex = self.cfg.actions.texture
+        feats = [torch.cat([f, torch.as_tensor(thumbnails(img, b, tex)).to(f.dtype)], dim=1) for f, img, b in zip(feats, images, boxes)]
         return [dict(zip(i.tolist(), f)) for i, f in zip(ids, feats)]
 
     def _exchange_tracks(self, spans: list[SpanData]) -> tuple[np.ndarray, dict[tuple[int, int], dict[int, int]], np.ndarray]:

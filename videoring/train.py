@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .actions import ActionModel, save_model
-from .actors import DET_BOX, ROW_COLS, THUMB_DIM, kin_dim
+from .actors import DET_BOX, ROW_COLS, kin_dim, look_dim
 from .config import PipelineConfig, _build, apply_overrides
 from .errors import ConfigError
 from .results import Results
@@ -209,12 +209,12 @@ class TrainJob:
 
         # a decode-only setting does not change the inputs: nms_labels is left out of the key (the
         # older decode-only fields, nms_iou and smooth_s, stay in it: caches made with them stay
-        # valid); half_windows is there as the actor token's length, under "feat"
-        act = {k: v for k, v in asdict(self.cfg.actions).items() if k not in ("nms_labels", "half_windows")}
+        # valid); half_windows and texture are there as the actor token's lengths, under "feat"
+        act = {k: v for k, v in asdict(self.cfg.actions).items() if k not in ("nms_labels", "half_windows", "texture")}
         key_cfg = json.dumps({"enc": asdict(self.cfg.encoder), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
                               "act": act, "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
                               "seed": self.cfg.seed, "v": 2,
-                              "feat": [ROW_COLS, kin_dim(self.cfg.actions.half_windows), THUMB_DIM]}, sort_keys=True)  # what an actor token holds
+                              "feat": [ROW_COLS, kin_dim(self.cfg.actions.half_windows), look_dim(self.cfg.actions.texture)]}, sort_keys=True)  # what an actor token holds
         data = []
         cache = Path(self.opts.cache_dir)
         for i, v in list(enumerate(self._videos()))[self.rank :: self.world]:
