@@ -70,7 +70,7 @@ def test_data_parallel_ranks_stay_identical(clips, tmp_path):
 
 def test_texture_model_trains_and_is_loaded_only_with_texture(clips, tmp_path):
     """``actions.texture`` widens the actor token: a model trained with it analyses a video with
-    it, and a config without it is told to use the one the model was trained with."""
+    it, and a config without it is told which setting the model was trained with."""
     from videoring.errors import ConfigError
     from videoring.pipeline import Pipeline
     from videoring.train import load_train_config, train
@@ -82,5 +82,5 @@ def test_texture_model_trains_and_is_loaded_only_with_texture(clips, tmp_path):
     common = [f"actions.model={trained.path}", "track.export=none"]
     res = Pipeline.from_config("default", overrides=[*common, "actions.texture=true"])(paths[0])
     assert res.tracks and res.track_actions
-    with pytest.raises(ConfigError, match="does not fit this config"):
+    with pytest.raises(ConfigError, match="does not fit this config.*trained with actions.texture=true"):
         Pipeline.from_config("default", overrides=common)

@@ -71,6 +71,7 @@ class ActionModel(nn.Module):
         super().__init__()
         a = cfg.actions
         self.labels = list(a.labels)
+        self.actions_cfg = a  # what the actor token holds: load_model names a mismatch
         L = len(self.labels)
         roi_dim = enc_dim * a.roi_size * a.roi_size
         look = look_dim(a.texture)
@@ -121,6 +122,9 @@ def save_model(model: ActionModel, path: str | Path, meta: dict) -> None:
                   metadata={"videoring": json.dumps(meta)})
 
 
+_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors")  # settings that shape the actor tokens
+
+
 def load_model(model: ActionModel, path: str | Path) -> dict:
     import json
 
@@ -143,8 +147,11 @@ def load_model(model: ActionModel, path: str | Path) -> dict:
     except RuntimeError:  # tensors of other shapes: trained with other actor features or model sizes
         missing, unexpected = ["(tensor shapes differ)"], []
     if missing or unexpected:
+        trained, base = (meta.get("config") or {}).get("actions", {}), ActionConfig()  # older checkpoints: defaults
+        was = {k: trained.get(k, getattr(base, k)) for k in _TOKEN_FIELDS}
+        hint = [f"actions.{k}={json.dumps(v)}" for k, v in was.items() if v != getattr(model.actions_cfg, k)]
         raise ConfigError(f"actions.model: {p} does not fit this config (missing {missing[:2]}, unexpected {unexpected[:2]}); "
-                          "use the config it was trained with")
+                          + (f"it was trained with {' '.join(hint)}" if hint else "use the config it was trained with"))
     return meta
 
 
