@@ -1,6 +1,6 @@
 """Train the shipped action model on synthetic clips, and report held-out metrics.
 
-    python pipelines/train_actions.py [--out sample_data/actions_tiny.safetensors] [key=value ...]
+    python pipelines/train_actions.py [--out sample_data/actions_tiny.safetensors] [--resume] [key=value ...]
 
 1. Synthesizes the training set into --data: --batches sets (default 3) of
    --short 2-5 minute clips at varied sizes and frame rates, with and without
@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--short", type=int, default=48)
     ap.add_argument("--long", type=int, default=4)
     ap.add_argument("--batches", type=int, default=3, help="sets of --short + --long clips (seeds 2000+, 2100+, ...)")
+    ap.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint in train.out")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (train.epochs=40 ...)")
     args = ap.parse_args()
 
@@ -77,13 +78,14 @@ def main() -> None:
     t_data = time.perf_counter() - t0
     cfg = load_train_config(args.config, [f"train.videos={json.dumps(videos)}", *args.overrides])
     t1 = time.perf_counter()
-    final = train(cfg, log=lambda m: print(m, flush=True)).path
+    final = train(cfg, resume=args.resume, log=lambda m: print(m, flush=True)).path
     t_train = time.perf_counter() - t1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(final, out)
     report = {"videos": len(videos), "synth_s": round(t_data), "prepare_and_train_s": round(t_train),
-              "size_mb": round(out.stat().st_size / 2**20, 2), "command": " ".join(["python", *sys.argv])}
+              "size_mb": round(out.stat().st_size / 2**20, 2), "command": " ".join(["python", *sys.argv]),
+              "resumed": args.resume}  # resumed: the times are this run's only
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report))
 
