@@ -150,6 +150,15 @@ MULTI_CASES = [(dtype, layout, name, causal, block, holes)
                for name, causal, block, holes in (("non-causal", False, 1, False), ("frame-causal 11 + pad", True, 11, True))]
 
 
+def _half_bwd_from_env() -> None:
+    """``--half-bwd off`` (inherited by the spawned ranks): bf16 backward blocks in bf16, as
+    before the fp16 path (ring.attention.HALF_BWD_DEVICES), for an A/B in one run."""
+    if os.environ.get("VIDEORING_GPU_CHECK_HALF_BWD") == "off":
+        import videoring.ring.attention as ra
+
+        ra.HALF_BWD_DEVICES = ()
+
+
 def _rank_main(rank, world, S, store_path, device, res_path, backend):
     """One rank: gloo with every rank on the first GPU (device tensors staged through host
     memory), or NCCL with one GPU per rank."""
@@ -157,6 +166,7 @@ def _rank_main(rank, world, S, store_path, device, res_path, backend):
 
     from videoring.ring.layout import chunks_of
 
+    _half_bwd_from_env()
     try:
         if device == "cuda":
             torch.cuda.set_device(rank if backend == "nccl" else 0)
@@ -443,13 +453,17 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="small sizes (a dry run of the script)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--half-bwd", choices=("on", "off"), default="on",
+                    help="off: bf16 backward blocks in bf16, not through the fp16 kernels (the A/B baseline)")
     a = ap.parse_args()
+    os.environ["VIDEORING_GPU_CHECK_HALF_BWD"] = a.half_bwd
+    _half_bwd_from_env()
     unknown = set(a.sections.split(",")) - set(SECTIONS)
     if unknown:
         ap.error(f"--sections: unknown {sorted(unknown)}; choose from {','.join(SECTIONS)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"torch": torch.__version__}
+    report = {"torch": torch.__version__, "half_bwd": a.half_bwd}
     if a.device == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)
     from videoring.ring.kernels import _candidates, _self_check

@@ -27,7 +27,7 @@ from videoring.ring import gather_sequence, ring_attention, shard_sequence
 from videoring.ring.kernels import BlockKernel
 
 from .distributed import run_world
-from .ring_cases import DEFAULT_PIECE, DEFAULT_STREAM, make_inputs, reference, run_cases
+from .ring_cases import DEFAULT_PIECE, DEFAULT_STREAM, make_inputs, positions, reference, run_cases
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 MASKS = [(False, 1), (True, 1), (True, 4)]  # non-causal, causal, frame-causal (4 tokens per frame)
@@ -257,3 +257,53 @@ def test_host_staging_passes_the_same_values():
         assert torch.equal(torch.as_tensor(got), torch.full((3, 5), float((rank - 1) % world)))
         assert gathered == list(range(world))
         assert identical
+
+
+def _half_bwd_ring(rank, world):
+    """The bf16 backward through the fp16 kernels (CUDA's path; forced here on CPU, where the
+    kernels compute in fp32, so both paths must give the very same bits), with dO far below
+    fp16's range (the power-of-two scale must carry it), and the path every rank takes."""
+    import videoring.ring.attention as ra
+
+    taken, scales = [], []
+    scale_of = ra._grad_scale
+    ra._grad_scale = lambda *a: scales.append(scale_of(*a)) or scales[-1]
+    q, k, v, do, pad = make_inputs(11, 1, 2, 64 * world, 16, world, "zigzag", holes=True)
+    pos = positions(rank, world, q.shape[2] // world, "zigzag")
+
+    def grads(big: bool):
+        ts = [t[:, :, pos].bfloat16().requires_grad_(True) for t in (q, k, v)]
+        if big and rank == world - 1:
+            with torch.no_grad():
+                ts[0][0, 0, 0] = 100.0  # beyond HALF_BWD_LIMIT on one rank: every rank must fall back
+        out = ring_attention(*ts, causal=True, causal_block=4, key_padding_mask=pad[:, pos], layout="zigzag")
+        n = len(scales)
+        out.backward((do[:, :, pos] * 2.0 ** -100).bfloat16())
+        taken.append(len(scales) > n)
+        return [t.grad for t in ts]
+
+    try:
+        bf16 = grads(False)
+        ra.HALF_BWD_DEVICES = ("cpu",)
+        fp16 = grads(False)
+        grads(True)
+    finally:
+        ra.HALF_BWD_DEVICES = ("cuda",)
+        ra._grad_scale = scale_of
+    return taken, float(scales[0]) if scales else 0.0, all(torch.equal(a, b) for a, b in zip(bf16, fp16)), float(fp16[2].abs().max())
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_bf16_backward_through_fp16_kernels(world):
+    results = run_world(_half_bwd_ring, world)
+    for taken, scale, identical, dk_max in results:
+        if world == 1:  # one rank: SDPA's own kernel in bf16, nothing to add up across ranks
+            assert taken == [False, False, False], taken
+            continue
+        # off (CPU) / on, with dO scaled by 2^(100 - e) into (1/2, 1] / off: one rank's q is too large
+        assert taken == [False, True, False], taken
+        assert 2.0 ** 95 <= scale <= 2.0 ** 100, scale
+        assert identical
+        assert 0 < dk_max < 2.0 ** -90  # dK came back at dO's scale, not flushed to 0
+    if world > 1:
+        assert len({r[1] for r in results}) == 1  # one scale for the whole ring

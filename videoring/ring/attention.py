@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -310,6 +310,61 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     return dq, dkv[0], dkv[1]
 
 
+# bf16 backward through the fp16 kernels, on these devices, at W >= 2. A fused kernel
+# rounds each block's dQ/dK/dV to its input dtype; the ring adds one such block per rank
+# to every K/V chunk's dK/dV, so in bf16 the sum carried W roundings of 2^-9 where
+# torch's one-pass SDPA carries one: on an H100, 2 of 12 bf16 rows at W = 2-4 were at
+# 1.58x SDPA's error, 1.00-1.28x this way (docs/gpu.md). bf16 -> fp16 is exact for
+# values in fp16's range, and fp16 rounds 8x finer. Not at one rank: there the ring is
+# SDPA's own kernel on the same problem (its error, 1.00x), and the fp16 path measured
+# +1.5% (64k tokens) to +29% (16k) in time. Not on CPU: there every block runs in fp32.
+HALF_BWD_DEVICES = ("cuda",)
+# q, k, v must stay this small (on every rank) for the fp16 path: the kernels hold
+# dS = P * (dP - delta), up to ~2 * D * max|v| with max|dO| <= 2, in fp16 (max 65504).
+HALF_BWD_LIMIT = 64.0
+
+
+@dataclass
+class _HalfRange:
+    """Whether q, k, v of every rank fit the fp16 path: measured in the forward, read in the
+    backward. Every rank must take the same path (K/V chunks travel in its dtype). The
+    value comes to the host without a sync (pinned copy + event), which has long finished
+    when the backward reads it: a blocking read there would stall the GPU's queue
+    (measured +0.1-0.7 ms per call at 4k-16k tokens on an H100)."""
+
+    host: Tensor
+    event: object = None
+
+    def fits(self) -> bool:
+        if self.event is not None:
+            self.event.synchronize()
+        return bool(self.host <= HALF_BWD_LIMIT)  # NaN: False
+
+
+def _half_range(q: Tensor, k: Tensor, v: Tensor, spec: _Spec) -> _HalfRange | None:
+    if (q.dtype != torch.bfloat16 or spec.device_type not in HALF_BWD_DEVICES or spec.kernel.name != "sdpa"
+            or spec.comm.world == 1):
+        return None
+    big = torch.stack([t.abs().amax() for t in (q, k, v)]).amax().float().reshape(1)
+    big = torch.stack(spec.comm.all_gather(big)).amax()
+    if big.device.type != "cuda":
+        return _HalfRange(big.cpu())
+    host = torch.empty(big.shape, dtype=big.dtype, pin_memory=True)
+    host.copy_(big, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return _HalfRange(host, event)
+
+
+def _grad_scale(dout: Tensor, spec: _Spec) -> Tensor:
+    """2^-e, a device tensor, with max |dO| * 2^-e in (1/2, 1] over all ranks: one scale for
+    the ring (all ranks' dK/dV contributions add up). Powers of two scale exactly, and
+    every gradient is linear in dO."""
+    g = dout.abs().amax().float().reshape(1)
+    g = torch.stack(spec.comm.all_gather(g)).amax()
+    return torch.exp2(-torch.ceil(torch.log2(g.clamp(2.0 ** -126, 2.0 ** 126))))
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, pads_packed, spec):
@@ -322,6 +377,7 @@ class _RingAttention(torch.autograd.Function):
         # keep the fp32 output for the backward's rowsum(dO * O): no bf16 rounding there either
         ctx.save_for_backward(q, k, v, out, lse, pads_packed)
         ctx.spec = spec
+        ctx.half = _half_range(q, k, v, spec) if any(ctx.needs_input_grad[:3]) else None
         return out_q
 
     @staticmethod
@@ -329,7 +385,14 @@ class _RingAttention(torch.autograd.Function):
         q, k, v, out, lse, pads_packed = ctx.saved_tensors
         pads = list(pads_packed.unbind(0)) if pads_packed is not None else None
         t0 = time.perf_counter()
-        dq, dk, dv = _backward(dout, q, k, v, out, lse, pads, ctx.spec)
+        if ctx.half is None or not ctx.half.fits():
+            dq, dk, dv = _backward(dout, q, k, v, out, lse, pads, ctx.spec)
+        else:
+            spec = replace(ctx.spec, kernel=get_kernel(q.device, torch.float16))
+            scale = _grad_scale(dout, spec)
+            d16 = (dout.float() * scale).half()  # entries below 2^-24 of the largest flush to 0
+            grads = _backward(d16, q.half(), k.half(), v.half(), out, lse, pads, spec)
+            dq, dk, dv = (t.div_(scale) for t in grads)  # fp32 accumulators: exact
         if _STATS is not None:
             _STATS.wall_s += time.perf_counter() - t0
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
