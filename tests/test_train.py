@@ -83,4 +83,4 @@ def test_texture_model_trains_and_is_loaded_only_with_texture(clips, tmp_path):
     res = Pipeline.from_config("default", overrides=[*common, "actions.texture=true"])(paths[0])
     assert res.tracks and res.track_actions
     with pytest.raises(ConfigError, match="does not fit this config.*trained with actions.texture=true"):
-        Pipeline.from_config("default", overrides=common)
+        Pipeline.from_config("default", overrides=[*common, "actions.texture=false"])

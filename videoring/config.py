@@ -196,8 +196,9 @@ class ActionConfig:
     texture: bool = False
     """Actor tokens also carry :func:`videoring.actors.texture_features` (surface pattern at full
     resolution) beside the 6x6 thumbnail, for Recall's look-alike matching. A model trained with
-    them is loaded with them. 52-clip A/B on the validation clips: return/arrive 0.751 -> 0.790
-    (short), 0.606 -> 0.662 (long), frame and segment mAP +0.02 (docs/actions.md)."""
+    them is loaded with them; the shipped model has them. 52-clip A/B on the validation clips:
+    return/arrive 0.751 -> 0.790 (short), 0.606 -> 0.662 (long), frame and segment mAP +0.02;
+    the shipped 156-clip model, held-out long clips: return/arrive 0.717 -> 0.744 (docs/actions.md)."""
     nms_iou: float = 0.5
     """Temporal NMS (tIoU above which the lower-scoring segment goes) among same-label segments
     of the labels in ``nms_labels``."""
