@@ -18,6 +18,7 @@ dK/dV chunk buffers.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -324,45 +325,21 @@ HALF_BWD_DEVICES = ("cuda",)
 HALF_BWD_LIMIT = 64.0
 
 
-@dataclass
-class _HalfRange:
-    """Whether q, k, v of every rank fit the fp16 path: measured in the forward, read in the
-    backward. Every rank must take the same path (K/V chunks travel in its dtype). The
-    value comes to the host without a sync (pinned copy + event), which has long finished
-    when the backward reads it: a blocking read there would stall the GPU's queue
-    (measured +0.1-0.7 ms per call at 4k-16k tokens on an H100)."""
-
-    host: Tensor
-    event: object = None
-
-    def fits(self) -> bool:
-        if self.event is not None:
-            self.event.synchronize()
-        return bool(self.host <= HALF_BWD_LIMIT)  # NaN: False
-
-
-def _half_range(q: Tensor, k: Tensor, v: Tensor, spec: _Spec) -> _HalfRange | None:
+def _half_bwd_exponent(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, spec: _Spec) -> int | None:
+    """e such that the fp16 backward runs on dO * 2^-e, max |dO| * 2^-e in (1/2, 1] over all
+    ranks; None: the bf16 path. One all-gather of two numbers and one host sync per backward:
+    every rank must take the same path (K/V chunks travel in its dtype) with the same scale
+    (all ranks' dK/dV contributions add up). Powers of two scale exactly, and every gradient
+    is linear in dO. (A sync-free variant, the range read from a pinned copy made in the
+    forward, measured no faster on an H100.)"""
     if (q.dtype != torch.bfloat16 or spec.device_type not in HALF_BWD_DEVICES or spec.kernel.name != "sdpa"
             or spec.comm.world == 1):
         return None
-    big = torch.stack([t.abs().amax() for t in (q, k, v)]).amax().float().reshape(1)
-    big = torch.stack(spec.comm.all_gather(big)).amax()
-    if big.device.type != "cuda":
-        return _HalfRange(big.cpu())
-    host = torch.empty(big.shape, dtype=big.dtype, pin_memory=True)
-    host.copy_(big, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record()
-    return _HalfRange(host, event)
-
-
-def _grad_scale(dout: Tensor, spec: _Spec) -> Tensor:
-    """2^-e, a device tensor, with max |dO| * 2^-e in (1/2, 1] over all ranks: one scale for
-    the ring (all ranks' dK/dV contributions add up). Powers of two scale exactly, and
-    every gradient is linear in dO."""
-    g = dout.abs().amax().float().reshape(1)
-    g = torch.stack(spec.comm.all_gather(g)).amax()
-    return torch.exp2(-torch.ceil(torch.log2(g.clamp(2.0 ** -126, 2.0 ** 126))))
+    stats = torch.stack([torch.stack([t.abs().amax() for t in (q, k, v)]).amax(), dout.abs().amax()]).float()
+    big, g = torch.stack(spec.comm.all_gather(stats)).amax(0).tolist()
+    if not (big <= HALF_BWD_LIMIT and 0.0 < g < math.inf):  # NaN fails too
+        return None
+    return math.ceil(math.log2(g))
 
 
 class _RingAttention(torch.autograd.Function):
@@ -377,7 +354,6 @@ class _RingAttention(torch.autograd.Function):
         # keep the fp32 output for the backward's rowsum(dO * O): no bf16 rounding there either
         ctx.save_for_backward(q, k, v, out, lse, pads_packed)
         ctx.spec = spec
-        ctx.half = _half_range(q, k, v, spec) if any(ctx.needs_input_grad[:3]) else None
         return out_q
 
     @staticmethod
@@ -385,14 +361,14 @@ class _RingAttention(torch.autograd.Function):
         q, k, v, out, lse, pads_packed = ctx.saved_tensors
         pads = list(pads_packed.unbind(0)) if pads_packed is not None else None
         t0 = time.perf_counter()
-        if ctx.half is None or not ctx.half.fits():
+        e = _half_bwd_exponent(dout, q, k, v, ctx.spec)
+        if e is None:
             dq, dk, dv = _backward(dout, q, k, v, out, lse, pads, ctx.spec)
         else:
             spec = replace(ctx.spec, kernel=get_kernel(q.device, torch.float16))
-            scale = _grad_scale(dout, spec)
-            d16 = (dout.float() * scale).half()  # entries below 2^-24 of the largest flush to 0
+            d16 = (dout.float() * 2.0 ** -e).half()  # entries below 2^-24 of the largest flush to 0
             grads = _backward(d16, q.half(), k.half(), v.half(), out, lse, pads, spec)
-            dq, dk, dv = (t.div_(scale) for t in grads)  # fp32 accumulators: exact
+            dq, dk, dv = (t.mul_(2.0 ** e) for t in grads)  # fp32 accumulators: exact
         if _STATS is not None:
             _STATS.wall_s += time.perf_counter() - t0
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
