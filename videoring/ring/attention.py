@@ -321,7 +321,7 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
 # +1.5% (64k tokens) to +29% (16k) in time. Not on CPU: there every block runs in fp32.
 HALF_BWD_DEVICES = ("cuda",)
 # q, k, v must stay this small (on every rank) for the fp16 path: the kernels hold
-# dS = P * (dP - delta), up to ~2 * D * max|v| with max|dO| <= 2, in fp16 (max 65504).
+# dS = P * (dP - delta), up to ~2 * D * max|v| with max|dO| <= 1 (the scale), in fp16 (max 65504).
 HALF_BWD_LIMIT = 64.0
 
 
