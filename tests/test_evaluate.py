@@ -56,6 +56,45 @@ def test_frame_map_and_return_arrive_by_hand():
     assert evaluate([(wrong, gt)])["track_action_frame_mAP@0.5"] == pytest.approx(0.5)
 
 
+def test_frame_map_ranks_every_label_of_every_box_by_hand():
+    """AVA's protocol: a box detects every label at confidence x probability. Keyframes t=0
+    (arrive) and t=1 (walk). Track 3 (the actor, confidence 1) puts walk first at t=0 (0.6 vs
+    arrive 0.4), so its arg-max actions miss the arrive; track 4 (a false box far from the
+    actor, confidence 0.2) says walk at 0.95. Every label: arrive ranks 0.4 (hit) over 0.1 and
+    0.01 (misses), walk 0.9 (hit) over 0.6, 0.19, 0.19 (misses): AP 1 and 1. Arg-max only, at
+    the action's score: arrive has no detection (AP 0); walk ranks track 4's two 0.95s (misses)
+    over 0.9 (hit): AP 1/3; mean 1/6. 'run' has no ground truth and is not averaged."""
+    boxes = [[i / 5, 10, 10, 30, 30, 1.0] for i in range(10)]
+    far = [[i / 5, 60, 60, 80, 80, 0.2] for i in range(10)]
+    gt = _res([Track(1, "actor", boxes)], actions=[TrackAction(1, "arrive", 0.0, 1.0), TrackAction(1, "walk", 1.0, 2.0)])
+    acts = [TrackAction(3, "walk", 0.0, 0.5, 0.6), TrackAction(3, "walk", 0.5, 2.0, 0.9), TrackAction(4, "walk", 0.0, 2.0, 0.95)]
+    pred = _res([Track(3, "actor", boxes, scores=[[0.0, 0.4, 0.6, 0.0], [1.0, 0.1, 0.9, 0.0]]),
+                 Track(4, "actor", far, scores=[[0.0, 0.05, 0.95, 0.0], [1.0, 0.05, 0.95, 0.0]])], actions=acts)
+    pred.action_labels = ["arrive", "walk", "run"]
+    m = evaluate([(pred, gt)])
+    assert m["track_action_frame_mAP@0.5"] == 1.0
+    assert m["track_action_frame_mAP@0.5_top1"] == pytest.approx(1 / 6)
+    # without scores a box detects its current action only, at confidence x the action's score:
+    # walk ranks 0.9 (hit) over 0.6 and 0.19, 0.19 (misses): AP 1; arrive 0; mean 0.5
+    for tr in pred.tracks:
+        tr.scores = None
+    assert evaluate([(pred, gt)])["track_action_frame_mAP@0.5"] == pytest.approx(0.5)
+
+
+def test_eval_rejects_scores_that_do_not_fit_the_labels(tmp_path):
+    from videoring.errors import ConfigError
+    from videoring.evaluate import evaluate_pairs
+
+    boxes = [[i / 5, 10, 10, 30, 30, 1.0] for i in range(10)]
+    gt = _res([Track(1, "actor", boxes)], actions=[TrackAction(1, "walk", 0.0, 2.0)])
+    pred = _res([Track(3, "actor", boxes, scores=[[0.0, 0.4, 0.6]])], actions=[TrackAction(3, "walk", 0.0, 2.0)])
+    pred.action_labels = ["arrive", "walk", "run"]
+    gt.to_json(tmp_path / "gt.json")
+    pred.to_json(tmp_path / "pred.json")
+    with pytest.raises(ConfigError, match=r"pred\.json: track 3: every 'scores' row"):
+        evaluate_pairs(tmp_path / "pred.json", tmp_path / "gt.json")
+
+
 def test_clip_top_k_by_hand():
     gt = _res(clip=[ClipAction("jump"), ClipAction("walk")])
     pred = _res(clip=[ClipAction("run", 0.9), ClipAction("walk", 0.8), ClipAction("idle", 0.1)])
@@ -76,7 +115,7 @@ def test_eval_cli_files_and_directories(tmp_path):
         assert r.returncode == 0, r.stderr
         m = json.loads(r.stdout)
         for key in ("clip_top1", "clip_top5", "segment_mAP@0.5", "segment_mAP_thumos", "segment_mAP_anet",
-                    "track_action_frame_mAP@0.5", "HOTA", "IDF1", "MOTA", "return_arrive_accuracy"):
+                    "track_action_frame_mAP@0.5", "track_action_frame_mAP@0.5_top1", "HOTA", "IDF1", "MOTA", "return_arrive_accuracy"):
             assert key in m
         assert m["IDF1"] == 1.0 and m["segment_mAP@0.5"] == 1.0
     bad = tmp_path / "bad.json"
@@ -103,11 +142,15 @@ def test_smoothing_equals_the_dense_gaussian_and_absorbs_a_flicker():
     obs = [(7, float(t), onehot(k)) for t, k in enumerate(seq)]
     span = {7: (0.0, 9.0)}
     dense = np.zeros((9, 3))
-    raw, _ = decode(ActionConfig(labels=labels, smooth_s=0.0), np.arange(9.0), dense, obs, span)
+    raw, _, _ = decode(ActionConfig(labels=labels, smooth_s=0.0), np.arange(9.0), dense, obs, span)
     assert [a.label for a in raw] == ["walk", "jump", "walk", "idle"]
-    sm, segs = decode(ActionConfig(labels=labels, smooth_s=0.8), np.arange(9.0), dense, obs, span)
+    sm, segs, scores = decode(ActionConfig(labels=labels, smooth_s=0.8), np.arange(9.0), dense, obs, span)
     assert [(a.label, a.start_s, a.end_s) for a in sm] == [("walk", 0.0, 5.5), ("idle", 5.5, 9.0)]
     assert [(s.label, s.start_s, s.end_s) for s in segs] == [("walk", 0.0, 5.5)]
+    # the scores are the smoothed probabilities the actions were cut from, one row per step
+    rows = np.asarray(scores[7])
+    assert np.allclose(rows[:, 0], np.arange(9.0))
+    assert np.allclose(rows[:, 1:], np.round(smooth(np.arange(9.0), np.stack([o[2] for o in obs]), 0.8), 4))
 
 
 def test_nms_merges_only_the_group_labels():
@@ -123,7 +166,7 @@ def test_nms_merges_only_the_group_labels():
     dense = np.zeros((6, 3))
 
     def segs(**kw):
-        _, s = decode(ActionConfig(labels=labels, smooth_s=0.0, **kw), np.arange(6.0), dense, obs, span)
+        _, s, _ = decode(ActionConfig(labels=labels, smooth_s=0.0, **kw), np.arange(6.0), dense, obs, span)
         return sorted((x.label, x.start_s, x.end_s) for x in s)
 
     # walks over [0, 3.5] and [0, 2.5]: tIoU 0.71

@@ -90,12 +90,22 @@ def test_results_json_validates_against_schema(analyzed):
 
     doc = json.loads((analyzed / "results.json").read_text())
     jsonschema.validate(doc, json_schema())
-    assert doc["schema_version"] == "1.1"
+    assert doc["schema_version"] == "1.2"
     assert doc["tracks"] and doc["track_actions"]
     labels = {a["label"] for a in doc["track_actions"]}
     assert labels <= {"idle", "walk", "run", "jump", "spin", "wave", "meet", "arrive", "return"}
     ids = {t["id"] for t in doc["tracks"]}
     assert {a["track_id"] for a in doc["track_actions"]} <= ids
+    # every track with actions carries its per-step scores, and its actions are their arg-max runs
+    order = doc["action_labels"]
+    assert order == ["idle", "walk", "run", "jump", "spin", "wave", "meet", "arrive", "return"]
+    scored = {t["id"]: np.asarray(t["scores"]) for t in doc["tracks"] if "scores" in t}
+    assert set(scored) == {a["track_id"] for a in doc["track_actions"]}
+    for a in doc["track_actions"]:
+        rows = scored[a["track_id"]]
+        inside = rows[(rows[:, 0] >= a["start_s"]) & (rows[:, 0] < a["end_s"])]
+        assert len(inside) and all(order[k] == a["label"] for k in inside[:, 1:].argmax(1))
+        assert np.allclose(inside[:, 1:].sum(1), 1.0, atol=1e-3)
     bad = dict(doc, tracks=[{"id": "x", "label": 1, "boxes": []}])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, json_schema())
@@ -112,6 +122,10 @@ def test_csv_mot_activitynet(analyzed):
         assert len(list(csv.DictReader(f))) == len(res.track_actions)
     with open(analyzed / "segments.csv") as f:
         assert len(list(csv.DictReader(f))) == len(res.segments)
+    with open(analyzed / "track_scores.csv") as f:
+        scores = list(csv.DictReader(f))
+    assert len(scores) == sum(len(t.scores or ()) for t in res.tracks)
+    assert list(scores[0]) == ["track_id", "t", *res.action_labels]
     mot = np.loadtxt(analyzed / "mot.txt", delimiter=",", ndmin=2)
     assert mot.shape == (len(rows), 10)
     assert mot[:, 0].min() >= 1 and np.all(np.diff(mot[:, 0]) >= 0)  # 1-based frames in order

@@ -11,7 +11,8 @@ Heads, on the temporal model's outputs:
 Decoding (:func:`decode`): per track, the label probabilities are smoothed over
 time (``actions.smooth_s``), then runs of the same arg-max label become
 ``track_actions`` (boundaries half-way between time steps); every non-background
-run becomes a clip-level segment scored by the actor and dense heads together;
+run becomes a clip-level segment scored by the actor and dense heads together
+(the smoothed probabilities themselves become each track's ``scores``);
 temporal NMS merges the duplicates of the labels in ``actions.nms_labels``
 (both actors of a ``meet``).
 """
@@ -192,12 +193,14 @@ def decode(
     dense_prob: np.ndarray,
     actor_obs: list[tuple[int, float, np.ndarray]],
     track_span: dict[int, tuple[float, float]],
-) -> tuple[list[TrackAction], list[Segment]]:
-    """Per-track actions and clip segments.
+) -> tuple[list[TrackAction], list[Segment], dict[int, list[list[float]]]]:
+    """Per-track actions, clip segments, and per-track scores.
 
     step_times (T,) and dense_prob (T, L): the dense head over the whole video;
     actor_obs: (global track id, time, label probabilities) per actor token;
     track_span: track id -> (first, last) time it was tracked.
+    The scores are each track's smoothed probabilities, rows ``[t, p_1, ..., p_L]`` (4 decimals):
+    its actions are their arg-max runs.
     """
     labels = cfg.labels
     by_track: dict[int, list[tuple[float, np.ndarray]]] = {}
@@ -205,10 +208,12 @@ def decode(
         by_track.setdefault(tid, []).append((t, p))
     actions: list[TrackAction] = []
     segs: list[Segment] = []
+    scores: dict[int, list[list[float]]] = {}
     for tid, obs in sorted(by_track.items()):
         obs.sort(key=lambda o: o[0])
         ts = np.array([o[0] for o in obs])
         probs = smooth(ts, np.stack([o[1] for o in obs]), cfg.smooth_s)
+        scores[tid] = np.round(np.concatenate([ts[:, None], probs], 1), 4).tolist()
         lab = probs.argmax(1)
         t_first, t_last = track_span.get(tid, (ts[0], ts[-1]))
         bounds = np.concatenate([[min(t_first, ts[0])], (ts[1:] + ts[:-1]) / 2, [max(t_last, ts[-1])]])
@@ -226,7 +231,7 @@ def decode(
                 segs.append(Segment(labels[li], round(t0, 3), round(t1, 3), round((score + dense) / 2, 4)))
             s = e
     if cfg.nms_labels is None:
-        return actions, temporal_nms(segs, cfg.nms_iou)
+        return actions, temporal_nms(segs, cfg.nms_iou), scores
     group = set(cfg.nms_labels)
     kept = [s for s in segs if s.label not in group] + temporal_nms([s for s in segs if s.label in group], cfg.nms_iou)
-    return actions, sorted(kept, key=lambda s: (s.start_s, s.label))
+    return actions, sorted(kept, key=lambda s: (s.start_s, s.label)), scores

@@ -9,9 +9,14 @@ Keys of the ``--json`` output:
 - ``segment_mAP@0.5``, ``segment_mAP_thumos`` (mean over tIoU 0.3:0.1:0.7),
   ``segment_mAP_anet`` (0.5:0.05:0.95): ActivityNet-style AP per label (greedy
   matching by score, interpolated precision), averaged over labels with ground truth;
-- ``track_action_frame_mAP@0.5``: AVA-style, at 1 Hz keyframes: each predicted box
-  carries its track's current action and score and is a true positive when it
-  overlaps (IoU >= 0.5) a ground-truth box with that action;
+- ``track_action_frame_mAP@0.5``: AVA-style, at 1 Hz keyframes: each predicted box is a
+  detection of every label, scored by the box's confidence times its track's ``scores`` at
+  the nearest action step (as AVA's evaluation ranks every class score of every person box),
+  and is a true positive for a label when it overlaps (IoU >= 0.5) a ground-truth box with
+  that action; a track without ``scores`` detects only its current action (confidence times
+  that action's score);
+- ``track_action_frame_mAP@0.5_top1``: each box a detection of its track's current action
+  only (its arg-max), at that action's score (the key's definition before schema 1.2);
 - ``HOTA``, ``IDF1``, ``MOTA``: TrackEval (HOTA, Identity, CLEAR) on the frames of the
   ground truth at the evaluation rate (5 Hz);
 - ``return_arrive_accuracy``: for every ground-truth ``arrive``/``return``, the matching
@@ -118,6 +123,12 @@ class _Index:
         self.actions: dict[int, list] = {}
         for a in res.track_actions:
             self.actions.setdefault(a.track_id, []).append(a)
+        self.scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id -> (step times, (n, L) probabilities)
+        for tr in res.tracks:
+            if tr.scores:
+                r = np.asarray(tr.scores, dtype=float)
+                r = r[np.argsort(r[:, 0], kind="stable")]
+                self.scores[tr.id] = (r[:, 0], r[:, 1:])
 
 
 _INDEX: dict[int, tuple[Results, _Index]] = {}  # id(res) -> (res, index), for one evaluate() call
@@ -151,7 +162,24 @@ def _action_at(res: Results, tid: int, t: float):
     return None
 
 
-def _frame_map(pairs: list[tuple[Results, Results]], tol: float) -> float:
+def _label_scores(res: Results, tid: int, t: float, conf: float, every_label: bool) -> list[tuple[float, str]]:
+    """(score, label) detections of track ``tid``'s box at ``t`` (confidence ``conf``): every
+    label, conf x its probability in the nearest row of scores (or conf x the current action's
+    score where the track has none); with ``every_label`` off, the current action at its score."""
+    if not every_label:
+        a = _action_at(res, tid, t)
+        return [] if a is None else [(a.score, a.label)]
+    hit = _index(res).scores.get(tid)
+    if hit is None:
+        a = _action_at(res, tid, t)
+        return [] if a is None else [(conf * a.score, a.label)]
+    ts, p = hit
+    j = int(np.searchsorted(ts, t))
+    j = j - 1 if j == len(ts) or (j > 0 and t - ts[j - 1] <= ts[j] - t) else j
+    return [(conf * float(s), lab) for s, lab in zip(p[j], res.action_labels)]
+
+
+def _frame_map(pairs: list[tuple[Results, Results]], tol: float, every_label: bool = True) -> float:
     labels = sorted({a.label for _, g in pairs for a in g.track_actions})
     dets: dict[str, list] = {lab: [] for lab in labels}
     n_gt = {lab: 0 for lab in labels}
@@ -162,10 +190,8 @@ def _frame_map(pairs: list[tuple[Results, Results]], tol: float) -> float:
                 n_gt[lab] += 1
             used = np.zeros(len(g), bool)
             cands = []
-            for tid, box, _ in _boxes_at(pred, t, tol):
-                a = _action_at(pred, tid, t)
-                if a is not None and a.label in dets:
-                    cands.append((a.score, a.label, box))
+            for tid, box, conf in _boxes_at(pred, t, tol):
+                cands += [(score, lab, box) for score, lab in _label_scores(pred, tid, t, conf, every_label) if lab in dets]
             for score, lab, box in sorted(cands, key=lambda c: -c[0]):
                 hit = 0
                 idx = [k for k, (_, gl) in enumerate(g) if gl == lab and not used[k]]
@@ -277,6 +303,7 @@ def evaluate(pairs: list[tuple[Results, Results]], background: str = "idle") -> 
         out = _clip(pairs)
         out.update(_segment_metrics(pairs, background))
         out["track_action_frame_mAP@0.5"] = _frame_map(pairs, tol)
+        out["track_action_frame_mAP@0.5_top1"] = _frame_map(pairs, tol, every_label=False)
         out.update(_tracking(pairs, tol))
         out["return_arrive_accuracy"] = _return_arrive(pairs, tol)
     finally:
@@ -310,6 +337,12 @@ def evaluate_pairs(pred: str | Path, gt: str | Path) -> dict[str, float]:
 
 def _load(path: Path) -> Results:
     try:
-        return Results.from_json(path)
+        res = Results.from_json(path)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path}: not a results file in the videoring schema ({type(e).__name__}: {e})") from None
+    n = len(res.action_labels) + 1
+    for tr in res.tracks:
+        if tr.scores and any(len(row) != n for row in tr.scores):
+            raise ConfigError(f"{path}: track {tr.id}: every 'scores' row must be [t, one probability per "
+                              f"'action_labels' entry ({n - 1})]")
+    return res

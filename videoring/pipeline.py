@@ -448,10 +448,12 @@ class Pipeline:
         obs = [o for p in allp for o in p[2]]
         tracks = _tracks_from_rows(rows, self.cfg.actions.min_track_s, box=slice(2, 6))
         span = {t.id: (t.boxes[0][0], t.boxes[-1][0] + 1.0 / self.cfg.track.fps) for t in tracks}
-        actions, segments = decode(self.cfg.actions, times[order], dense, obs, span)
+        actions, segments, scores = decode(self.cfg.actions, times[order], dense, obs, span)
+        for t in tracks:
+            t.scores = scores.get(t.id)
         clip = torch.sigmoid(out.clip[0]).numpy()
         clip_actions = sorted((ClipAction(lab, round(float(p), 4)) for lab, p in zip(self.cfg.actions.labels, clip)), key=lambda c: -c.score)
-        return Results(_meta(video, info), tracks, segments, actions, clip_actions)
+        return Results(_meta(video, info), tracks, segments, actions, clip_actions, list(self.cfg.actions.labels))
 
 
     def _windowed(self, inp: ModelInputs):

@@ -3,16 +3,22 @@
 One versioned JSON document per video::
 
     {
-      "schema_version": "1.1",
+      "schema_version": "1.2",
       "video": {"path", "duration_s", "fps", "frames", "width", "height"},
-      "tracks": [{"id", "label", "boxes": [[t, x1, y1, x2, y2, conf], ...], "appearance"?}],
+      "tracks": [{"id", "label", "boxes": [[t, x1, y1, x2, y2, conf], ...], "appearance"?,
+                  "scores"?: [[t, p_1, ..., p_L], ...]}],
       "segments": [{"label", "start_s", "end_s", "score"}],
       "track_actions": [{"track_id", "label", "start_s", "end_s", "score"}],
-      "clip_actions": [{"label", "score"}]
+      "clip_actions": [{"label", "score"}],
+      "action_labels"?: [label_1, ..., label_L]
     }
 
 ``clip_actions`` (added in 1.1; optional when reading) scores each label for the
 whole clip, best first; the ground truth lists the labels that occur (score 1).
+A track's ``scores`` (added in 1.2; optional) are its actor's probability of every
+label at each action step, in ``action_labels`` order: the numbers its
+``track_actions`` were decoded from (their arg-max), and what AVA-style frame mAP
+ranks, every label of every box, as AVA's own evaluation does.
 
 Times are seconds from the first frame; boxes are pixels in the displayed
 (rotated) frame. ``appearance`` (ground truth only) names the synthetic
@@ -30,7 +36,7 @@ from .io import atomic_write_text
 
 __all__ = ["SCHEMA_VERSION", "VideoMeta", "Track", "Segment", "TrackAction", "ClipAction", "Results", "json_schema"]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 def json_schema() -> dict:
@@ -55,6 +61,9 @@ class Track:
     boxes: list[list[float]]
     """[[t, x1, y1, x2, y2, conf], ...] in time order."""
     appearance: int | None = None
+    scores: list[list[float]] | None = None
+    """[[t, p_1, ..., p_L], ...] in time order: each label's probability at each action step
+    (labels in ``Results.action_labels`` order)."""
 
 
 @dataclass
@@ -87,6 +96,8 @@ class Results:
     segments: list[Segment] = field(default_factory=list)
     track_actions: list[TrackAction] = field(default_factory=list)
     clip_actions: list[ClipAction] = field(default_factory=list)
+    action_labels: list[str] = field(default_factory=list)
+    """The order of the columns of every track's ``scores``."""
     schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -95,20 +106,27 @@ class Results:
             d = {"id": t.id, "label": t.label, "boxes": t.boxes}
             if t.appearance is not None:
                 d["appearance"] = t.appearance
+            if t.scores is not None:
+                d["scores"] = t.scores
             return d
 
-        return {"schema_version": self.schema_version, "video": asdict(self.video),
-                "tracks": [track(t) for t in self.tracks],
-                "segments": [asdict(s) for s in self.segments],
-                "track_actions": [asdict(a) for a in self.track_actions],
-                "clip_actions": [asdict(c) for c in self.clip_actions]}
+        out = {"schema_version": self.schema_version, "video": asdict(self.video),
+               "tracks": [track(t) for t in self.tracks],
+               "segments": [asdict(s) for s in self.segments],
+               "track_actions": [asdict(a) for a in self.track_actions],
+               "clip_actions": [asdict(c) for c in self.clip_actions]}
+        if self.action_labels:
+            out["action_labels"] = self.action_labels
+        return out
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename): never a half-written file."""
         return atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
     def to_csv(self, directory: str | os.PathLike) -> list[Path]:
-        """tracks.csv (one row per box), segments.csv, track_actions.csv; each written atomically."""
+        """tracks.csv (one row per box), segments.csv, track_actions.csv, and track_scores.csv (one
+        row per track and action step, a column per label) when tracks carry scores; each written
+        atomically."""
         import csv
         import io
 
@@ -126,8 +144,11 @@ class Results:
         segs = table(["label", "start_s", "end_s", "score"], ([s.label, s.start_s, s.end_s, s.score] for s in self.segments))
         acts = table(["track_id", "label", "start_s", "end_s", "score"],
                      ([a.track_id, a.label, a.start_s, a.end_s, a.score] for a in self.track_actions))
-        return [atomic_write_text(d / name, text) for name, text in
-                (("tracks.csv", tracks), ("segments.csv", segs), ("track_actions.csv", acts))]
+        files = [("tracks.csv", tracks), ("segments.csv", segs), ("track_actions.csv", acts)]
+        if any(t.scores for t in self.tracks):
+            files.append(("track_scores.csv", table(["track_id", "t", *self.action_labels],
+                                                    ([t.id, *row] for t in self.tracks for row in t.scores or ()))))
+        return [atomic_write_text(d / name, text) for name, text in files]
 
     @classmethod
     def from_dict(cls, d: dict) -> "Results":
@@ -137,6 +158,7 @@ class Results:
             segments=[Segment(**s) for s in d.get("segments", [])],
             track_actions=[TrackAction(**a) for a in d.get("track_actions", [])],
             clip_actions=[ClipAction(**c) for c in d.get("clip_actions", [])],
+            action_labels=list(d.get("action_labels", [])),
             schema_version=d.get("schema_version", SCHEMA_VERSION),
         )
 

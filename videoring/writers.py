@@ -1,7 +1,7 @@
 """Everything `videoring analyze` writes for one video, each file atomically (temp + rename).
 
     results.json                      the results schema (videoring/results.schema.json)
-    tracks.csv segments.csv track_actions.csv
+    tracks.csv segments.csv track_actions.csv track_scores.csv
     mot.txt                           MOTChallenge: frame, id, left, top, width, height, conf, -1, -1, -1
     activitynet.json                  ActivityNet results: {"version", "results": {video: [...]}, "external_data"}
     annotated.mp4                     tracking-rate frames with boxes, IDs and current actions (H.264)
