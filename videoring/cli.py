@@ -226,8 +226,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(m, indent=1))
     else:
+        w = max(map(len, m))
         for k, v in m.items():
-            print(f"{k:>28}: {v:.4f}" if isinstance(v, float) else f"{k:>28}: {v}")
+            print(f"{k:>{w}}: {v:.4f}" if isinstance(v, float) else f"{k:>{w}}: {v}")
     return 0
 
 
