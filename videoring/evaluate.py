@@ -141,15 +141,19 @@ def _index(res: Results) -> _Index:
     return hit[1]
 
 
+def _nearest(ts: np.ndarray, t: float) -> int:
+    """Index of the time in sorted ``ts`` nearest to ``t`` (the earlier one on a tie)."""
+    j = int(np.searchsorted(ts, t))
+    return j - 1 if j == len(ts) or (j > 0 and t - ts[j - 1] <= ts[j] - t) else j
+
+
 def _boxes_at(res: Results, t: float, tol: float) -> list[tuple[int, np.ndarray, float]]:
     """(track id, box, confidence) of each track with a box within ``tol`` of ``t`` (its nearest)."""
     ix = _index(res)
     out = []
     for k in np.nonzero((ix.t0 - tol <= t) & (t <= ix.t1 + tol))[0]:
         b = ix.boxes[k]
-        j = int(np.searchsorted(b[:, 0], t))
-        # the nearest of the two neighbours; the earlier one on a tie
-        i = j - 1 if j == len(b) or (j > 0 and t - b[j - 1, 0] <= b[j, 0] - t) else j
+        i = _nearest(b[:, 0], t)
         if abs(b[i, 0] - t) <= tol:
             out.append((ix.ids[k], b[i, 1:5], float(b[i, 5])))
     return out
@@ -166,17 +170,12 @@ def _label_scores(res: Results, tid: int, t: float, conf: float, every_label: bo
     """(score, label) detections of track ``tid``'s box at ``t`` (confidence ``conf``): every
     label, conf x its probability in the nearest row of scores (or conf x the current action's
     score where the track has none); with ``every_label`` off, the current action at its score."""
-    if not every_label:
-        a = _action_at(res, tid, t)
-        return [] if a is None else [(a.score, a.label)]
-    hit = _index(res).scores.get(tid)
-    if hit is None:
-        a = _action_at(res, tid, t)
-        return [] if a is None else [(conf * a.score, a.label)]
-    ts, p = hit
-    j = int(np.searchsorted(ts, t))
-    j = j - 1 if j == len(ts) or (j > 0 and t - ts[j - 1] <= ts[j] - t) else j
-    return [(conf * float(s), lab) for s, lab in zip(p[j], res.action_labels)]
+    hit = _index(res).scores.get(tid) if every_label else None
+    if hit is not None:
+        ts, p = hit
+        return [(conf * float(s), lab) for s, lab in zip(p[_nearest(ts, t)], res.action_labels)]
+    a = _action_at(res, tid, t)
+    return [] if a is None else [((conf if every_label else 1.0) * a.score, a.label)]
 
 
 def _frame_map(pairs: list[tuple[Results, Results]], tol: float, every_label: bool = True) -> float:
