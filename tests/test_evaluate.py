@@ -125,6 +125,18 @@ def test_eval_cli_files_and_directories(tmp_path):
     assert r.returncode == 2 and "bad.json" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_csv_rerun_without_scores_removes_the_old_scores(tmp_path):
+    boxes = [[0.0, 0, 0, 10, 10, 0.9], [1.0, 0, 0, 10, 10, 0.9]]
+    scored = _res([Track(3, "actor", boxes, scores=[[0.0, 0.4, 0.6], [1.0, 0.1, 0.9]])])
+    scored.action_labels = ["walk", "run"]
+    written = {p.name for p in scored.to_csv(tmp_path)}
+    assert "track_scores.csv" in written
+    assert (tmp_path / "track_scores.csv").read_text().splitlines() == ["track_id,t,walk,run", "3,0.0,0.4,0.6", "3,1.0,0.1,0.9"]
+    written = {p.name for p in _res([Track(3, "actor", boxes)]).to_csv(tmp_path)}
+    assert written == {"tracks.csv", "segments.csv", "track_actions.csv"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written)
+
+
 def test_smoothing_equals_the_dense_gaussian_and_absorbs_a_flicker():
     from videoring.actions import decode, smooth
     from videoring.config import ActionConfig

@@ -125,8 +125,8 @@ class Results:
 
     def to_csv(self, directory: str | os.PathLike) -> list[Path]:
         """tracks.csv (one row per box), segments.csv, track_actions.csv, and track_scores.csv (one
-        row per track and action step, a column per label) when tracks carry scores; each written
-        atomically."""
+        row per track and action step, a column per label) when tracks carry scores, else none (an
+        earlier one is removed); each written atomically."""
         import csv
         import io
 
@@ -148,6 +148,9 @@ class Results:
         if any(t.scores for t in self.tracks):
             files.append(("track_scores.csv", table(["track_id", "t", *self.action_labels],
                                                     ([t.id, *row] for t in self.tracks for row in t.scores or ()))))
+        else:
+            # a rerun into the same directory must not leave an earlier run's scores beside these tracks
+            (d / "track_scores.csv").unlink(missing_ok=True)
         return [atomic_write_text(d / name, text) for name, text in files]
 
     @classmethod
