@@ -77,8 +77,10 @@ class ActionModel(nn.Module):
         roi_dim = enc_dim * a.roi_size * a.roi_size
         look = look_dim(a.texture)
         actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
+        # the kinematics start with the box's centre and size (videoring.actors.kinematics): h at +3
+        shape = (roi_dim + look + 3,) if a.recall_shape else None
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
-                                      look=slice(roi_dim, roi_dim + look))
+                                      look=slice(roi_dim, roi_dim + look), shape=shape)
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)
@@ -123,7 +125,7 @@ def save_model(model: ActionModel, path: str | Path, meta: dict) -> None:
                   metadata={"videoring": json.dumps(meta)})
 
 
-_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors")  # settings that shape the actor tokens
+_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors", "recall_shape")  # settings that shape the actor tokens or Recall
 
 
 def load_model(model: ActionModel, path: str | Path) -> dict:

@@ -199,6 +199,13 @@ class ActionConfig:
     them is loaded with them; the shipped model has them. 52-clip A/B on the validation clips:
     return/arrive 0.751 -> 0.790 (short), 0.606 -> 0.662 (long), frame and segment mAP +0.02;
     the shipped 156-clip model, held-out long clips: return/arrive 0.717 -> 0.744 (docs/actions.md)."""
+    recall_shape: bool = False
+    """Recall (:class:`videoring.temporal.Recall`) also compares the box's height (a fraction of
+    the frame's, from the actor token's kinematics) beside the look: two look-alikes of other
+    builds are two actors (``arrive`` vs ``return``). Changes the model, not the actor tokens: a
+    model trained with it is loaded with it. 52-clip A/B on the validation clips: return/arrive
+    0.790 -> 0.809 (short), 0.662 -> 0.704 (long); with the width too (the aspect ratio) it fell
+    to 0.630 / 0.515: an entering actor's box is cut by the frame's edge (docs/actions.md)."""
     nms_iou: float = 0.5
     """Temporal NMS (tIoU above which the lower-scoring segment goes) among same-label segments
     of the labels in ``nms_labels``."""

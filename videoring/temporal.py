@@ -146,17 +146,33 @@ class Recall(nn.Module):
 
     TIME_UNIT_S = 1000.0  # timestamps enter the attention value in this unit (fp32: ~2 ms at 6 h)
 
-    def __init__(self, look_dim: int, dim: int = 32) -> None:
+    def __init__(self, look_dim: int, dim: int = 32, shape: bool = False) -> None:
+        """``shape``: the looks end with the box's height (a fraction of the frame's), which
+        enters as 2 (log(height) + 1.6): centred on a fifth of the frame, and a build's spread
+        about a thumbnail pixel's."""
         super().__init__()
-        self.proj = nn.Linear(look_dim, dim)
+        self.shape = shape
+        self.proj = nn.Linear(look_dim + shape, dim)
         self.log_temp = nn.Parameter(torch.tensor(math.log(20.0)))
 
+    def _features(self, c: Tensor) -> Tensor:
+        c = c.float()
+        if not self.shape:
+            return c - 0.5
+        # centred like the thumbnail's pixels (an offset would turn every z the same way at init)
+        return torch.cat([c[..., :-1] - 0.5, 2 * (c[..., -1:].clamp_min(1e-3).log() + 1.6)], -1)
+
+    def embed(self, looks: Tensor) -> Tensor:
+        """(..., dim) unit vectors: two looks' similarity is their dot product (times the temperature)."""
+        return F.normalize(self.proj(self._features(looks)), dim=-1)
+
     def forward(self, looks: Tensor, times: Tensor, mask: Tensor, group=None, layout: str = "contiguous") -> Tensor:
-        """looks (B, F, A, look_dim) in [0, 1], times (B, F), mask (B, F, A) -> (B, F, A, 1)."""
+        """looks (B, F, A, look_dim [+ 1]) in [0, 1] (with ``shape``: then the height), times
+        (B, F), mask (B, F, A) -> (B, F, A, 1)."""
         B, Fr, A, _ = looks.shape
         # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
         # at inference a chunk of frames at a time (the hour's fp32 copies of the looks: ~30 MB)
-        z = tokenwise(lambda c: F.normalize(self.proj(c.float() - 0.5), dim=-1), looks, 1, max(1, TOKEN_CHUNK // A))
+        z = tokenwise(self.embed, looks, 1, max(1, TOKEN_CHUNK // A))
         z = z.reshape(B, 1, Fr * A, -1) * (self.log_temp / 2).exp()
         v = torch.zeros_like(z)
         v[..., 0] = (times.float() / self.TIME_UNIT_S).unsqueeze(-1).expand(B, Fr, A).reshape(B, 1, Fr * A)
@@ -169,18 +185,20 @@ class Recall(nn.Module):
 
 class TemporalModel(nn.Module):
     def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0,
-                 look: slice | None = None) -> None:
-        """``look``: where the thumbnail sits in an actor token's features (enables :class:`Recall`)."""
+                 look: slice | None = None, shape: tuple[int, ...] | None = None) -> None:
+        """``look``: where the thumbnail sits in an actor token's features (enables :class:`Recall`);
+        ``shape``: where the box's height sits, for Recall to compare too."""
         super().__init__()
         self.cfg = cfg
         self.P = tokens_per_frame
         self.A = max_actors
         self.in_proj = nn.Linear(in_dim, cfg.dim)
         self.look = look
+        self.shape = list(shape) if shape is not None else None
         self.drop = nn.Dropout(cfg.dropout)
         if max_actors:
             if look is not None:
-                self.recall = Recall(look.stop - look.start)
+                self.recall = Recall(look.stop - look.start, shape=shape is not None)
                 actor_dim += 1
             self.actor_proj = nn.Sequential(nn.LayerNorm(actor_dim), nn.Linear(actor_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.type_emb = nn.Embedding(2, cfg.dim)
@@ -188,6 +206,13 @@ class TemporalModel(nn.Module):
         self.time_proj = nn.Linear(cfg.dim, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
+
+    def recall_looks(self, actors: Tensor) -> Tensor:
+        """What :class:`Recall` reads of each actor token (..., look [+ shape])."""
+        if self.shape is None:
+            return actors[..., self.look]
+        # one gather (a copy of the looks, fp16: ~5 MB for an hour at 1 fps)
+        return actors[..., [*range(self.look.start, self.look.stop), *self.shape]]
 
     def forward(
         self, tokens: Tensor, timestamps: Tensor, frame_mask: Tensor | None = None, group=None,
@@ -215,7 +240,7 @@ class TemporalModel(nn.Module):
                 raise ValueError(f"expected actor tokens of shape (B, F, {self.A}, D)")
             kpm = torch.cat([kpm, actor_mask & frame_mask.unsqueeze(2)], dim=2)
             if self.look is not None:
-                recalled = self.recall(actors[..., self.look], timestamps, kpm[:, :, P:], group, self.cfg.layout)
+                recalled = self.recall(self.recall_looks(actors), timestamps, kpm[:, :, P:], group, self.cfg.layout)
                 actors = (actors, recalled)
         te = self.time_proj(time_encoding(timestamps, self.cfg.dim, self.cfg.time_scale_s))
         if torch.is_grad_enabled():
