@@ -145,9 +145,9 @@ def test_cache_reuses_finished_blocks_after_an_interrupted_run(clip, tmp_path):
     assert torch.allclose(again, full, atol=1e-5)
 
 
-@pytest.mark.parametrize("causal,look,shape", [(True, None, None), (False, None, None), (True, slice(4, 10), None),
-                                               (True, slice(4, 10), (11,))])
-def test_chunked_inference_equals_whole_sequence(causal, look, shape, monkeypatch):
+@pytest.mark.parametrize("causal,look,height", [(True, None, None), (False, None, None), (True, slice(4, 10), None),
+                                                (True, slice(4, 10), 11)])
+def test_chunked_inference_equals_whole_sequence(causal, look, height, monkeypatch):
     """At inference the temporal model embeds and attends a chunk of tokens at a time
     (one rank: query chunks against the whole K/V, residuals updated in place); the
     outputs equal the training-mode pass over the whole sequence at once, and fp16
@@ -156,7 +156,7 @@ def test_chunked_inference_equals_whole_sequence(causal, look, shape, monkeypatc
 
     torch.manual_seed(0)
     cfg = TemporalConfig(dim=32, depth=2, heads=4, causal=causal, layout="zigzag")
-    model = T.TemporalModel(cfg, 16, 3, 12, 2, look=look, shape=shape).eval()
+    model = T.TemporalModel(cfg, 16, 3, 12, 2, look=look, height=height).eval()
     Fr = 300
     g = torch.Generator().manual_seed(1)
     tok = torch.randn(1, Fr, 3, 16, generator=g)

@@ -78,9 +78,8 @@ class ActionModel(nn.Module):
         look = look_dim(a.texture)
         actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
         # the kinematics start with the box's centre and size (videoring.actors.kinematics): h at +3
-        shape = (roi_dim + look + 3,) if a.recall_shape else None
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
-                                      look=slice(roi_dim, roi_dim + look), shape=shape)
+                                      look=slice(roi_dim, roi_dim + look), height=roi_dim + look + 3 if a.recall_shape else None)
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)

@@ -146,18 +146,18 @@ class Recall(nn.Module):
 
     TIME_UNIT_S = 1000.0  # timestamps enter the attention value in this unit (fp32: ~2 ms at 6 h)
 
-    def __init__(self, look_dim: int, dim: int = 32, shape: bool = False) -> None:
-        """``shape``: the looks end with the box's height (a fraction of the frame's), which
+    def __init__(self, look_dim: int, dim: int = 32, height: bool = False) -> None:
+        """``height``: the looks end with the box's height (a fraction of the frame's), which
         enters as 2 (log(height) + 1.6): centred on a fifth of the frame, and a build's spread
         about a thumbnail pixel's."""
         super().__init__()
-        self.shape = shape
-        self.proj = nn.Linear(look_dim + shape, dim)
+        self.height = height
+        self.proj = nn.Linear(look_dim + height, dim)
         self.log_temp = nn.Parameter(torch.tensor(math.log(20.0)))
 
     def _features(self, c: Tensor) -> Tensor:
         c = c.float()
-        if not self.shape:
+        if not self.height:
             return c - 0.5
         # centred like the thumbnail's pixels (an offset would turn every z the same way at init)
         return torch.cat([c[..., :-1] - 0.5, 2 * (c[..., -1:].clamp_min(1e-3).log() + 1.6)], -1)
@@ -167,7 +167,7 @@ class Recall(nn.Module):
         return F.normalize(self.proj(self._features(looks)), dim=-1)
 
     def forward(self, looks: Tensor, times: Tensor, mask: Tensor, group=None, layout: str = "contiguous") -> Tensor:
-        """looks (B, F, A, look_dim [+ 1]) in [0, 1] (with ``shape``: then the height), times
+        """looks (B, F, A, look_dim [+ 1]) in [0, 1] (with ``height``: then the height), times
         (B, F), mask (B, F, A) -> (B, F, A, 1)."""
         B, Fr, A, _ = looks.shape
         # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
@@ -185,20 +185,20 @@ class Recall(nn.Module):
 
 class TemporalModel(nn.Module):
     def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0,
-                 look: slice | None = None, shape: tuple[int, ...] | None = None) -> None:
+                 look: slice | None = None, height: int | None = None) -> None:
         """``look``: where the thumbnail sits in an actor token's features (enables :class:`Recall`);
-        ``shape``: where the box's height sits, for Recall to compare too."""
+        ``height``: where the box's height sits, for Recall to compare too."""
         super().__init__()
         self.cfg = cfg
         self.P = tokens_per_frame
         self.A = max_actors
         self.in_proj = nn.Linear(in_dim, cfg.dim)
         self.look = look
-        self.shape = list(shape) if shape is not None else None
+        self.height = height
         self.drop = nn.Dropout(cfg.dropout)
         if max_actors:
             if look is not None:
-                self.recall = Recall(look.stop - look.start, shape=shape is not None)
+                self.recall = Recall(look.stop - look.start, height=height is not None)
                 actor_dim += 1
             self.actor_proj = nn.Sequential(nn.LayerNorm(actor_dim), nn.Linear(actor_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.type_emb = nn.Embedding(2, cfg.dim)
@@ -208,11 +208,11 @@ class TemporalModel(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
 
     def recall_looks(self, actors: Tensor) -> Tensor:
-        """What :class:`Recall` reads of each actor token (..., look [+ shape])."""
-        if self.shape is None:
+        """What :class:`Recall` reads of each actor token (..., look [+ height])."""
+        if self.height is None:
             return actors[..., self.look]
         # one gather (a copy of the looks, fp16: ~5 MB for an hour at 1 fps)
-        return actors[..., [*range(self.look.start, self.look.stop), *self.shape]]
+        return actors[..., [*range(self.look.start, self.look.stop), self.height]]
 
     def forward(
         self, tokens: Tensor, timestamps: Tensor, frame_mask: Tensor | None = None, group=None,
