@@ -204,7 +204,7 @@ def test_neighbour_gap_same_ground_line_only():
 
 
 def test_thumbnails_and_kinematics_shapes():
-    from videoring.actors import KIN_DIM, ROW_COLS, THUMB_DIM, kinematics, thumbnails
+    from videoring.actors import KIN_DIM, KIN_HEIGHT, ROW_COLS, THUMB_DIM, kinematics, thumbnails
 
     img = np.zeros((40, 40, 3), np.uint8)
     img[10:22, 10:22] = (255, 0, 0)
@@ -218,6 +218,7 @@ def test_thumbnails_and_kinematics_shapes():
     k = kinematics(track, 0.2, (40, 40))
     assert k.shape == (KIN_DIM,) and np.isfinite(k).all()
     assert k[-2] == pytest.approx(1.6 / 4) and k[-1] == pytest.approx(-2.0 / 4)
+    assert k[KIN_HEIGHT] == pytest.approx(20 / 40)  # what Recall reads as the height (actions.recall_shape)
 
 
 

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .actors import kin_dim, look_dim
+from .actors import KIN_HEIGHT, kin_dim, look_dim
 from .config import ActionConfig, PipelineConfig
 from .errors import ConfigError
 from .results import Segment, TrackAction
@@ -77,9 +77,8 @@ class ActionModel(nn.Module):
         roi_dim = enc_dim * a.roi_size * a.roi_size
         look = look_dim(a.texture)
         actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
-        # the kinematics start with the box's centre and size (videoring.actors.kinematics): h at +3
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
-                                      look=slice(roi_dim, roi_dim + look), height=roi_dim + look + 3 if a.recall_shape else None)
+                                      look=slice(roi_dim, roi_dim + look), height=roi_dim + look + KIN_HEIGHT if a.recall_shape else None)
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DET_BOX", "KIN_DIM", "ROW_COLS", "TEX_DIM", "THUMB_DIM", "look_dim", "pixel_stats", "roi_features", "texture_features", "thumbnails",
+__all__ = ["DET_BOX", "KIN_DIM", "KIN_HEIGHT", "ROW_COLS", "TEX_DIM", "THUMB_DIM", "look_dim", "pixel_stats", "roi_features", "texture_features", "thumbnails",
            "neighbour_gap", "kinematics", "kin_dim"]
 
 ROW_COLS = 19  # t, id, x1, y1, x2, y2, conf, cls, r, g, b, change, above_match, above_change, gap, dx1, dy1, dx2, dy2
@@ -43,6 +43,7 @@ hold the tracker's filtered (Kalman) box, which the features read: it lags a run
 its motion is smooth, and the bounce and size statistics of :func:`kinematics` need that (on
 the raw detections run vs walk fell from 0.86 to 0.44 of matched boxes)."""
 KIN_DIM = 21
+KIN_HEIGHT = 3  # kinematics()[KIN_HEIGHT]: the box's height over the frame's (Recall compares it)
 HALF_DIM = 16  # kinematics(halves=True): 8 more before t, 8 after
 _CROP = 12
 _THUMB = 6
