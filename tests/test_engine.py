@@ -123,6 +123,26 @@ def test_config_errors_name_the_key(tmp_path):
     assert isinstance(cfg, FeaturesConfig) and isinstance(cfg.temporal, TemporalConfig)
 
 
+def test_config_extends_another_file_section_by_section(tmp_path):
+    """A variant names only what differs: its keys lie over the base's, the base's other keys in
+    the same section stay; a missing base or a loop is one line naming the file."""
+    (tmp_path / "base.yaml").write_text("sampling:\n  fps: 1.0\n  chunk_size: 16\ntemporal:\n  depth: 2\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "fast.yaml").write_text("extends: ../base.yaml\nsampling:\n  fps: 2.0\n")
+    cfg = load_config(tmp_path / "sub" / "fast.yaml", ["temporal.depth=3"])
+    assert (cfg.sampling.fps, cfg.sampling.chunk_size, cfg.temporal.depth) == (2.0, 16, 3)
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml: config file not found \(extended by .*orphan.yaml\)"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="a loop"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="list.yaml: got list; expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
 def test_ranks_with_different_configs_stop_with_a_clear_error(clip):
     from .engine_jobs import disagreeing_ranks
 

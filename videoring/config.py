@@ -342,17 +342,38 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = FeaturesConfig):
     """YAML file (optional) + dotted overrides -> a validated config dataclass."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = _read_yaml(Path(path)) if path is not None else {}
     apply_overrides(data, list(overrides or []))
     return _build(cls, data)
+
+
+def _read_yaml(p: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping; ``extends: other.yaml`` (relative to the file) is read first and
+    this file's keys laid over it, section by section, so a variant config names only what differs."""
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found" + (f" (extended by {chain[-1]})" if chain else ""))
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: got {type(data).__name__}; expected a mapping of config sections")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: extends: got {base!r}; expected a path to another config .yaml")
+    parent = (p.parent / base).resolve()
+    if parent in chain or parent == p.resolve():
+        raise ConfigError(f"{p}: extends: {base} extends this file again (a loop); remove one of the two")
+    return _merge(_read_yaml(parent, (*chain, p.resolve())), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(cfg: Any) -> dict:
