@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .actions import ActionModel, save_model
 from .actors import DET_BOX, ROW_COLS, kin_dim, look_dim
-from .config import PipelineConfig, _build, apply_overrides
+from .config import PipelineConfig, load_config
 from .errors import ConfigError
 from .results import Results
 from .tracking import box_iou
@@ -74,16 +74,7 @@ class TrainConfig(PipelineConfig):
 
 
 def load_train_config(path: str | Path | None, overrides: list[str]) -> TrainConfig:
-    import yaml
-
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        data = yaml.safe_load(p.read_text()) or {}
-    apply_overrides(data, overrides)
-    return _build(TrainConfig, data)
+    return load_config(path, overrides, cls=TrainConfig)
 
 
 def _gt_rows(gt: Results, rng: np.random.Generator, jitter: float) -> np.ndarray:
