@@ -1,6 +1,6 @@
 """The synthetic action benchmark: held-out clips through `videoring analyze`, then `videoring eval`.
 
-    python pipelines/eval_synth.py [--split validation] [--short 8] [--long 2] [--window-ablation] [overrides ...]
+    python pipelines/eval_synth.py [--split validation] [-c accurate] [--short 8] [--long 2] [--window-ablation] [overrides ...]
 
 Held-out seeds (9100+ short, 9500+ long) were never used to train the shipped
 detector (1000-1079 / 5000-5009) or the action model (2000+). Settings are
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--short", type=int, default=8)
     ap.add_argument("--long", type=int, default=2)
     ap.add_argument("--window-ablation", action="store_true")
+    ap.add_argument("-c", "--config", default="default", help="a YAML path or a name in configs/ (accurate)")
     ap.add_argument("--out", default=None, help="default: out/eval_synth.json (out/eval_synth_validation.json)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -82,8 +83,8 @@ def main() -> None:
     tag = "" if args.split == "heldout" else f"_{args.split}"  # held-out keeps its original names
     pred_dir = Path(args.data) / f"pred{tag}"
     pred_dir.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline.from_config("default", overrides=["output.annotate=false", *args.overrides])
-    report: dict = {"split": args.split, "overrides": args.overrides}
+    pipe = Pipeline.from_config(args.config, overrides=["output.annotate=false", *args.overrides])
+    report: dict = {"split": args.split, "config": str(args.config), "overrides": args.overrides}
     pairs_s, secs, wall = run(pipe, short, pred_dir)
     report["short"] = {**evaluate(pairs_s), "video_s": secs, "wall_s": round(wall, 1)}
     print(json.dumps(report["short"]), flush=True)
@@ -92,7 +93,7 @@ def main() -> None:
         report["long"] = {**evaluate(pairs_l), "video_s": secs, "wall_s": round(wall, 1)}
         print(json.dumps(report["long"]), flush=True)
         if args.window_ablation:
-            local = Pipeline.from_config("default", overrides=["output.annotate=false", "temporal.window_s=60", *args.overrides])
+            local = Pipeline.from_config(args.config, overrides=["output.annotate=false", "temporal.window_s=60", *args.overrides])
             wdir = pred_dir / "window60"
             wdir.mkdir(exist_ok=True)
             pairs_w, secs, wall = run(local, long, wdir)
