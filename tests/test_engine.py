@@ -199,14 +199,55 @@ def test_arena_keeps_rows_in_blocks():
 
     a = Arena((3,), torch.float16, block_bytes=6 * 4)  # 4 rows per block
     xs = [torch.randn(n, 3) for n in (1, 2, 1, 3, 6)]
-    kept = [a.keep(x) for x in xs]
-    for x, k in zip(xs, kept):
-        assert k.dtype == torch.float16 and torch.equal(k, x.half())
-    assert kept[0].untyped_storage().data_ptr() == kept[2].untyped_storage().data_ptr()  # one block
-    assert kept[3].untyped_storage().data_ptr() != kept[0].untyped_storage().data_ptr()  # the next
-    assert kept[4].shape == (6, 3)  # larger than a block: a block of its own
+    ids = [a.append(x) for x in xs]
+    assert [list(r) for r in ids[:3]] == [[0], [1, 2], [3]] and len(a) == 13
+    allx = torch.cat(xs).half()
+    assert torch.equal(a.gather(torch.arange(13)), allx)  # runs straddling blocks (3..5, 7..12)
+    pick = torch.tensor([12, 0, 5, 5, 8])
+    assert torch.equal(a.gather(pick), allx[pick])
+    assert len(a._blocks) == 4 and all(b.shape == (4, 3) for b in a._blocks)  # equal blocks, no gaps
     with pytest.raises(ValueError, match="arena rows"):
-        a.keep(torch.zeros(1, 4))
+        a.append(torch.zeros(1, 4))
+    with pytest.raises(IndexError, match="13 rows"):
+        a.gather(torch.tensor([13]))
+
+
+def test_actor_tokens_equal_their_padded_tensor():
+    """ActorTokens (rows named in an arena + kinematics) is the padded actor tensor: densely, a
+    chunk of frames, some columns; and the model embeds it exactly as it embeds that tensor."""
+    from videoring.actors import ActorTokens
+    from videoring.arena import Arena
+    from videoring.config import TemporalConfig
+    from videoring.temporal import TemporalModel
+
+    g = torch.Generator().manual_seed(0)
+    B, Fr, A, Dr, K = 1, 50, 3, 10, 4
+    store = Arena((Dr,), torch.float16, block_bytes=7 * 2 * Dr)
+    store.append(torch.randn(120, Dr, generator=g))
+    rows = torch.randint(0, 120, (B, Fr, A), generator=g)
+    rows[torch.rand(B, Fr, A, generator=g) < 0.4] = -1
+    kin = torch.randn(B, Fr, A, K, generator=g).half() * (rows >= 0).unsqueeze(-1)
+    packed = ActorTokens(store, rows, kin)
+    want = torch.zeros(B, Fr, A, Dr + K, dtype=torch.float16)
+    for f in range(Fr):
+        for j in range(A):
+            if rows[0, f, j] >= 0:
+                want[0, f, j] = torch.cat([store.gather(rows[0, f, j : j + 1])[0], kin[0, f, j]])
+    assert packed.shape == (B, Fr, A, Dr + K)
+    assert torch.equal(packed.dense(), want)
+    assert torch.equal(packed.dense(slice(7, 19)), want[:, 7:19])
+    assert torch.equal(packed.dense(torch.tensor([3, 1, 40])), want[:, [3, 1, 40]])
+    cols = [2, 9, 11, 0]  # appearance and kinematics columns, out of order
+    assert torch.equal(packed.columns(cols), want[..., cols])
+
+    torch.manual_seed(0)
+    model = TemporalModel(TemporalConfig(dim=32, depth=1, heads=2), 8, 2, Dr + K, A, look=slice(2, 9), height=Dr + 1).eval()
+    tok, ts = torch.randn(B, Fr, 2, 8), torch.arange(Fr, dtype=torch.float64).unsqueeze(0)
+    am = rows >= 0
+    with torch.inference_mode():
+        x1, k1 = model.embed(tok, ts, None, want, am)
+        x2, k2 = model.embed(tok, ts, None, packed, am)
+    assert torch.equal(x1, x2) and torch.equal(k1, k2)
 
 
 def test_recall_sharded_equals_single_process():

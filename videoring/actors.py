@@ -28,12 +28,16 @@ they are in memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DET_BOX", "KIN_DIM", "KIN_HEIGHT", "ROW_COLS", "TEX_DIM", "THUMB_DIM", "look_dim", "pixel_stats", "roi_features", "texture_features", "thumbnails",
+from .arena import Arena
+
+__all__ = ["ActorTokens", "DET_BOX", "KIN_DIM", "KIN_HEIGHT", "ROW_COLS", "TEX_DIM", "THUMB_DIM", "look_dim", "pixel_stats", "roi_features", "texture_features", "thumbnails",
            "neighbour_gap", "kinematics", "kin_dim"]
 
 ROW_COLS = 19  # t, id, x1, y1, x2, y2, conf, cls, r, g, b, change, above_match, above_change, gap, dx1, dy1, dx2, dy2
@@ -274,3 +278,50 @@ def kinematics(track: np.ndarray, t: float, frame_wh: tuple[int, int], halves: b
             sp = _spread(half if len(half) else track[i : i + 1], box_h)
             out += [hv[0] * 4, hv[1] * 4, sp[0] * 4, sp[1] * 4, sp[2] * 4, sp[3] * 10, sp[4], sp[5] * 10]
     return np.array(out, dtype=np.float32)
+
+
+@dataclass
+class ActorTokens:
+    """Actor tokens (B, F, A, D) without their empty slots: each filled slot names a row of
+    appearance features in ``store`` (RoI features and look, as the pipeline kept them) and
+    has its own kinematics. Equal to the padded tensor :meth:`dense` builds, which is what
+    the model sees, a chunk of frames at a time. An hour at 2 fps, 6 slots: the padded
+    tensor would be ~80 MB beside the rows it copies."""
+
+    store: Arena
+    """(N, appearance_dim) fp16 rows."""
+    rows: Tensor
+    """(B, F, A) int64 row of ``store`` per slot, -1 = empty."""
+    kin: Tensor
+    """(B, F, A, kin_dim) kinematics, in ``store``'s dtype (zeros in empty slots)."""
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (*self.rows.shape, self.store.row_shape[0] + self.kin.shape[-1])
+
+    def dense(self, frames: slice | Tensor = slice(None)) -> Tensor:
+        """The padded tokens (B, f, A, D) of these frames (a slice or index tensor of dim 1)."""
+        rows, kin = self.rows[:, frames], self.kin[:, frames]
+        out = torch.zeros(*rows.shape, self.shape[-1], dtype=self.store.dtype)
+        filled = rows >= 0
+        out[filled] = torch.cat([self.store.gather(rows[filled]), kin[filled]], dim=1)
+        return out
+
+    def columns(self, cols: list[int]) -> Tensor:
+        """Some of the feature columns of every slot (B, F, A, len(cols)), zero in empty slots."""
+        Dr = self.store.row_shape[0]
+        app = [c for c in cols if c < Dr]
+        out = torch.zeros(*self.rows.shape, len(cols), dtype=self.store.dtype)
+        filled = self.rows >= 0
+        if app:
+            got = torch.zeros(int(filled.sum()), len(cols), dtype=self.store.dtype)
+            # in chunks of rows: the gathered rows are the full appearance width
+            flat = self.rows[filled]
+            at = [i for i, c in enumerate(cols) if c < Dr]
+            for s in range(0, len(flat), 4096):
+                got[s : s + 4096, at] = self.store.gather(flat[s : s + 4096])[:, app]
+            out[filled] = got
+        kin_at = [i for i, c in enumerate(cols) if c >= Dr]
+        if kin_at:
+            out[..., kin_at] = self.kin[..., [cols[i] - Dr for i in kin_at]]
+        return out

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .actions import ActionModel, decode, load_model
-from .actors import DET_BOX, ROW_COLS, kin_dim, kinematics, look_dim, neighbour_gap, pixel_stats, roi_features, thumbnails
+from .actors import DET_BOX, ActorTokens, ROW_COLS, kin_dim, kinematics, look_dim, neighbour_gap, pixel_stats, roi_features, thumbnails
 from .arena import Arena
 from .config import PipelineConfig, load_config
 from .encoder import FrameEncoder
@@ -64,8 +64,10 @@ class SpanData:
     """(F,) positions in the global encoder grid."""
     tokens: Tensor
     """(F, P, C) frame tokens."""
-    roi: list[dict[int, Tensor]] = field(default_factory=list)
-    """Per encoder frame: local track id -> RoI appearance features."""
+    roi: list[dict[int, int]] = field(default_factory=list)
+    """Per encoder frame: local track id -> its row of appearance features in ``store``."""
+    store: Arena | None = None
+    """The RoI appearance features (one store for all of a rank's spans)."""
 
 
 @dataclass
@@ -76,8 +78,8 @@ class ModelInputs:
     """(B, F, P, C); None once :meth:`ActionModel.infer` has embedded it (so are the actors)."""
     times: Tensor
     frame_mask: Tensor
-    actors: Tensor | None
-    """(B, F, A, actor_dim), fp16."""
+    actors: ActorTokens | None
+    """(B, F, A, actor_dim) fp16, unpadded."""
     actor_mask: Tensor
     actor_ids: np.ndarray
     """(F, A) global track id per slot, -1 = empty."""
@@ -227,6 +229,8 @@ class Pipeline:
         done_parts: dict[int, list[dict]] = {}
         for part in (restored or {}).get("parts", []):
             done_parts.setdefault(part["piece"], []).append(part)
+        # kept until the model runs: in large blocks, not per-chunk pieces (videoring.arena)
+        roi_store = Arena((self._appearance_dim(),), torch.float16)
         for k, (start, stop) in enumerate(pieces):
             if start >= T:
                 yield SpanData(math.inf, np.zeros((0, ROW_COLS)), np.zeros(0), np.zeros(0, np.int64),
@@ -238,19 +242,17 @@ class Pipeline:
             own1 = float(ts[enc[stop]]) if stop < T else math.inf
             t_idx = trk[(ts[trk] >= own0 - self.cfg.track.overlap_s) & (ts[trk] < own1)] if start else trk[ts[trk] < own1]
             union = np.union1d(t_idx, e_idx)
-            span = SpanData(own0, np.zeros((0, ROW_COLS)), ts[e_idx], real, torch.zeros(0))
+            span = SpanData(own0, np.zeros((0, ROW_COLS)), ts[e_idx], real, torch.zeros(0), store=roi_store)
             # the encoder frames that really decoded (a truncated or corrupt file may lose some)
             got_t: list[np.ndarray] = [p["times"] for p in done_parts.get(k, [])]
             got_o: list[np.ndarray] = [p["order"] for p in done_parts.get(k, [])]
             rows_all: list[np.ndarray] = [p["rows"] for p in done_parts.get(k, [])]
-            # kept until the model runs: in large blocks, not per-chunk pieces (videoring.arena)
             toks = torch.empty(len(real), self.encoder.tokens_per_frame, self.encoder.dim)  # at most one per frame
             n_tok = 0
             for p in done_parts.get(k, []):
                 if len(p["toks"]):  # a chunk without encoder frames saved an empty (0,) tensor
                     toks[n_tok : n_tok + len(p["toks"])] = p["toks"]
                     n_tok += len(p["toks"])
-            roi_store = Arena((self._appearance_dim(),), torch.float16)
             span.roi = [r for p in done_parts.get(k, []) for r in _kept(p["roi"], roi_store)]
             stats = pixel_stats()
             skip = sum(p["frames"] for p in done_parts.get(k, []))
@@ -377,36 +379,40 @@ class Pipeline:
             by_id[tid] = by_id[tid][np.argsort(by_id[tid][:, 0])]
         A = self.cfg.actions.max_actors
         halves = self.cfg.actions.half_windows
-        rdim = self._appearance_dim()
+        store = next((s.store for s in spans if s.store is not None), None)
+        if store is None:  # no span decoded a frame
+            store = Arena((self._appearance_dim(),), torch.float16)
         T_piece = frame_pieces(len(self.grids(info)[0]), self.world, self.cfg.temporal.layout)[self.rank]
         tok_l, ts_l, fm_l, act_l, am_l, ids_l, order_l = [], [], [], [], [], [], []
         for k, ((start, stop), s) in enumerate(zip(T_piece, spans)):
             n = stop - start
             F = len(s.times)
             m = maps.get((self.rank, k), {})
-            acts = torch.zeros(n, A, rdim + kin_dim(halves), dtype=torch.float16)  # the model reads it in fp32 chunks
+            slot_rows = torch.full((n, A), -1, dtype=torch.long)
+            kins = torch.zeros(n, A, kin_dim(halves), dtype=store.dtype)
             amask = torch.zeros(n, A, dtype=torch.bool)
             aid = np.full((n, A), -1)
             for f in range(F):
                 cands = []
                 seen = set()
-                for local, feat in s.roi[f].items():
+                for local, row in s.roi[f].items():
                     g = m.get(local)
                     # two pieces linked across their overlap are one actor: one token per step
                     if g is None or g not in by_id or g in seen:
                         continue
                     seen.add(g)
                     kin = kinematics(by_id[g], float(s.times[f]), (info.width, info.height), halves)
-                    cands.append((-kin[9], g, feat, kin))
-                for j, (_, g, feat, kin) in enumerate(sorted(cands, key=lambda c: (c[0], c[1]))[:A]):
-                    acts[f, j] = torch.cat([feat, torch.as_tensor(kin)])
+                    cands.append((-kin[9], g, row, kin))
+                for j, (_, g, row, kin) in enumerate(sorted(cands, key=lambda c: (c[0], c[1]))[:A]):
+                    slot_rows[f, j] = row
+                    kins[f, j] = torch.as_tensor(kin)
                     amask[f, j] = True
                     aid[f, j] = g
             pad = n - F
             tok_l.append(torch.cat([s.tokens, s.tokens.new_zeros(pad, *s.tokens.shape[1:])]) if pad else s.tokens)
             ts_l.append(np.concatenate([s.times, np.zeros(pad)]))
             fm_l.append(np.arange(n) < F)
-            act_l.append(acts)
+            act_l.append((slot_rows, kins))
             am_l.append(amask)
             ids_l.append(aid)
             order_l.append(s.order)
@@ -415,7 +421,8 @@ class Pipeline:
 
         inp = ModelInputs(
             cat(tok_l), torch.as_tensor(np.concatenate(ts_l)).unsqueeze(0),
-            torch.as_tensor(np.concatenate(fm_l)).unsqueeze(0), cat(act_l),
+            torch.as_tensor(np.concatenate(fm_l)).unsqueeze(0),
+            ActorTokens(store, cat([a[0] for a in act_l]), cat([a[1] for a in act_l])),
             torch.cat(am_l).unsqueeze(0), np.concatenate(ids_l), np.concatenate(order_l),
         )
         return inp, rows
@@ -426,7 +433,7 @@ class Pipeline:
         # the results need t, id, the reported box and conf: 7 of the 19 columns through the model
         rows = np.concatenate([rows[:, :2], rows[:, DET_BOX], rows[:, 6:7]], 1)
         for s in spans:  # in inp (and the stitched rows) now: let them go before the model's own peak
-            s.roi, s.tokens, s.rows = [], s.tokens.new_zeros(0, *s.tokens.shape[1:]), np.zeros((0, ROW_COLS))
+            s.roi, s.store, s.tokens, s.rows = [], None, s.tokens.new_zeros(0, *s.tokens.shape[1:]), np.zeros((0, ROW_COLS))
         out = self._windowed(inp) if self.cfg.temporal.window_s else self.model.infer(inp, self.group)
         fm = inp.frame_mask[0]
         times = inp.times[0][fm].numpy()
@@ -469,7 +476,7 @@ class Pipeline:
         dense, actor, clips = torch.zeros(1, Fr, L), torch.zeros(1, Fr, A, L), []
         for k in torch.unique(win[inp.frame_mask[0]]):
             idx = torch.nonzero((win == k) & inp.frame_mask[0]).flatten()
-            o = self.model(inp.tokens[:, idx], inp.times[:, idx], inp.frame_mask[:, idx], inp.actors[:, idx], inp.actor_mask[:, idx])
+            o = self.model(inp.tokens[:, idx], inp.times[:, idx], inp.frame_mask[:, idx], inp.actors.dense(idx), inp.actor_mask[:, idx])
             dense[:, idx], actor[:, idx] = o.dense, o.actor
             clips.append(o.clip)
         return ActionOutputs(torch.stack(clips).mean(0), dense, actor)
@@ -547,12 +554,13 @@ def _shipped(path: str) -> str:
     return str(root / p) if (root / p).exists() else str(p)
 
 
-def _kept(rois: list[dict[int, Tensor]], store: Arena) -> list[dict[int, Tensor]]:
-    """Per-frame RoI features (track id -> features) copied into ``store``, one copy per chunk."""
+def _kept(rois: list[dict[int, Tensor]], store: Arena) -> list[dict[int, int]]:
+    """Per-frame RoI features (track id -> features) copied into ``store``, one copy per chunk;
+    returns track id -> row number."""
     feats = [f for r in rois for f in r.values()]
     if not feats:
         return [{} for _ in rois]
-    rows = iter(store.keep(torch.stack(feats)))
+    rows = iter(store.append(torch.stack(feats)))
     return [{tid: next(rows) for tid in r} for r in rois]
 
 

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .actors import ActorTokens
 from .config import TemporalConfig
 from .ring import attention_rows, ring_attention
 from .ring.comm import world_of
@@ -207,19 +208,23 @@ class TemporalModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def recall_looks(self, actors: Tensor) -> Tensor:
+    def recall_looks(self, actors: Tensor | ActorTokens) -> Tensor:
         """What :class:`Recall` reads of each actor token (..., look [+ height])."""
+        cols = [*range(self.look.start, self.look.stop)] + ([] if self.height is None else [self.height])
+        if isinstance(actors, ActorTokens):
+            return actors.columns(cols)
         if self.height is None:
             return actors[..., self.look]
         # one gather (a copy of the looks, fp16: ~5 MB for an hour at 1 fps)
-        return actors[..., [*range(self.look.start, self.look.stop), self.height]]
+        return actors[..., cols]
 
     def forward(
         self, tokens: Tensor, timestamps: Tensor, frame_mask: Tensor | None = None, group=None,
         actors: Tensor | None = None, actor_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """tokens (B, F, P, C), timestamps (B, F) seconds, frame_mask (B, F) True = real frame;
-        actors (B, F, A, actor_dim) and actor_mask (B, F, A) True = an actor is there.
+        actors (B, F, A, actor_dim) (or the same as :class:`videoring.actors.ActorTokens`) and
+        actor_mask (B, F, A) True = an actor is there.
 
         Returns (token outputs (B, F, P [+ A], dim), per-time-step outputs (B, F, dim)). F is
         this rank's frame count, equal on every rank (pad the end, mask it).
@@ -227,7 +232,8 @@ class TemporalModel(nn.Module):
         return self.encode(*self.embed(tokens, timestamps, frame_mask, actors, actor_mask, group), group)
 
     def embed(self, tokens: Tensor, timestamps: Tensor, frame_mask: Tensor | None = None,
-              actors: Tensor | None = None, actor_mask: Tensor | None = None, group=None) -> tuple[Tensor, Tensor]:
+              actors: Tensor | ActorTokens | None = None, actor_mask: Tensor | None = None,
+              group=None) -> tuple[Tensor, Tensor]:
         """The input sequence: (x (B, F, S, dim), key padding (B, F, S)), S = P [+ A] tokens per frame."""
         B, Fr, P, _ = tokens.shape
         if P != self.P:
@@ -244,16 +250,13 @@ class TemporalModel(nn.Module):
                 actors = (actors, recalled)
         te = self.time_proj(time_encoding(timestamps, self.cfg.dim, self.cfg.time_scale_s))
         if torch.is_grad_enabled():
-            return self._embed(tokens, actors, te), kpm
+            return self._embed(tokens, _frames(actors, slice(None)), te), kpm
         # inference: written a chunk of frames at a time into x (no full-size temporaries)
         x = te.new_empty(B, Fr, P + self.A, self.cfg.dim)
         step = max(1, TOKEN_CHUNK // (P + self.A))
         for f in range(0, Fr, step):
             sl = slice(f, f + step)
-            a = None
-            if self.A:
-                a = (actors[0][:, sl], actors[1][:, sl]) if self.look is not None else actors[:, sl]
-            x[:, sl] = self._embed(tokens[:, sl], a, te[:, sl])
+            x[:, sl] = self._embed(tokens[:, sl], _frames(actors, sl), te[:, sl])
         return x, kpm
 
     def _embed(self, tokens: Tensor, actors: Tensor | tuple[Tensor, Tensor] | None, te: Tensor) -> Tensor:
@@ -274,3 +277,12 @@ class TemporalModel(nn.Module):
             x = blk(x, kpm, self.cfg.causal, S, self.cfg.layout, group)
         x = self.norm(x).view(B, Fr, S, -1)
         return x, x[:, :, 0]
+
+
+def _frames(actors, sl: slice):
+    """Frames ``sl`` of the actor tokens (or of (tokens, recalled)), as padded tensors."""
+    if isinstance(actors, tuple):
+        return (_frames(actors[0], sl), actors[1][:, sl])
+    if isinstance(actors, ActorTokens):
+        return actors.dense(sl)
+    return actors if actors is None else actors[:, sl]

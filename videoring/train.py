@@ -147,7 +147,7 @@ def prepare_video(pipe, video: str, gt: Results, opts: TrainOptions, seed: int) 
     inp, rows = pipe.inputs(spans, info)
     out = {
         "tokens": inp.tokens[0], "times": inp.times[0], "frame_mask": inp.frame_mask[0],
-        "actors": inp.actors[0], "actor_mask": inp.actor_mask[0],
+        "actors": inp.actors.dense()[0], "actor_mask": inp.actor_mask[0],
     }
     out.update(label_inputs(inp, rows, gt, pipe.cfg.actions.labels))
     return out
