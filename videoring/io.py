@@ -6,9 +6,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_chunks", "atomic_write_text"]
 
 
 @contextmanager
@@ -30,6 +30,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    return atomic_write_chunks(path, (text,))
+
+
+def atomic_write_chunks(path: str | os.PathLike, chunks: Iterable[str]) -> Path:
+    """Write the text ``chunks`` as they come (an hour's tables need not be one string first)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        for c in chunks:
+            f.write(c)
     return Path(path)

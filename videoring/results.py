@@ -27,12 +27,14 @@ character, so "return" labels can be checked.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from .io import atomic_write_text
+from .io import atomic_write_chunks
 
 __all__ = ["SCHEMA_VERSION", "VideoMeta", "Track", "Segment", "TrackAction", "ClipAction", "Results", "json_schema"]
 
@@ -120,8 +122,10 @@ class Results:
         return out
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temp file + rename): never a half-written file."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
+        """Write atomically (temp file + rename): never a half-written file. The text is
+        ``json.dumps(self.to_dict(), separators=(",", ":"))``, written an item of each list at a
+        time: the hour's as one string (and the encoder's pieces of it) raised peak memory."""
+        return atomic_write_chunks(path, _json_chunks(self.to_dict()))
 
     def to_csv(self, directory: str | os.PathLike) -> list[Path]:
         """tracks.csv (one row per box), segments.csv, track_actions.csv, and track_scores.csv (one
@@ -130,12 +134,17 @@ class Results:
         import csv
         import io
 
-        def table(header: list[str], rows) -> str:
+        def table(header: list[str], rows) -> Iterator[str]:  # a block of rows at a time
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(header)
-            w.writerows(rows)
-            return buf.getvalue()
+            for row in rows:
+                w.writerow(row)
+                if buf.tell() > 1 << 16:
+                    yield buf.getvalue()
+                    buf.seek(0)
+                    buf.truncate()
+            yield buf.getvalue()
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -151,7 +160,7 @@ class Results:
         else:
             # a rerun into the same directory must not leave an earlier run's scores beside these tracks
             (d / "track_scores.csv").unlink(missing_ok=True)
-        return [atomic_write_text(d / name, text) for name, text in files]
+        return [atomic_write_chunks(d / name, chunks) for name, chunks in files]
 
     @classmethod
     def from_dict(cls, d: dict) -> "Results":
@@ -179,3 +188,21 @@ class Results:
             f"{v.path}: {v.duration_s:.1f}s {v.width}x{v.height} @ {v.fps:.2f} fps, "
             f"{len(self.tracks)} tracks, {len(self.segments)} segments, actions ({acts})"
         )
+
+
+def _json_chunks(doc: dict) -> Iterator[str]:
+    """``json.dumps(doc, separators=(",", ":"))`` in pieces: each top-level list an item at a time."""
+    dumps = functools.partial(json.dumps, separators=(",", ":"))
+    if not doc:
+        yield "{}"
+        return
+    for i, (k, v) in enumerate(doc.items()):
+        yield ("{" if i == 0 else ",") + dumps(k) + ":"
+        if isinstance(v, list):
+            yield "["
+            for j, x in enumerate(v):
+                yield ("," if j else "") + dumps(x)
+            yield "]"
+        else:
+            yield dumps(v)
+    yield "}"
