@@ -383,7 +383,7 @@ class Pipeline:
         if store is None:  # no span decoded a frame
             store = Arena((self._appearance_dim(),), torch.float16)
         T_piece = frame_pieces(len(self.grids(info)[0]), self.world, self.cfg.temporal.layout)[self.rank]
-        tok_l, ts_l, fm_l, act_l, am_l, ids_l, order_l = [], [], [], [], [], [], []
+        tok_l, ts_l, fm_l, row_l, kin_l, am_l, ids_l, order_l = [], [], [], [], [], [], [], []
         for k, ((start, stop), s) in enumerate(zip(T_piece, spans)):
             n = stop - start
             F = len(s.times)
@@ -412,7 +412,8 @@ class Pipeline:
             tok_l.append(torch.cat([s.tokens, s.tokens.new_zeros(pad, *s.tokens.shape[1:])]) if pad else s.tokens)
             ts_l.append(np.concatenate([s.times, np.zeros(pad)]))
             fm_l.append(np.arange(n) < F)
-            act_l.append((slot_rows, kins))
+            row_l.append(slot_rows)
+            kin_l.append(kins)
             am_l.append(amask)
             ids_l.append(aid)
             order_l.append(s.order)
@@ -422,7 +423,7 @@ class Pipeline:
         inp = ModelInputs(
             cat(tok_l), torch.as_tensor(np.concatenate(ts_l)).unsqueeze(0),
             torch.as_tensor(np.concatenate(fm_l)).unsqueeze(0),
-            ActorTokens(store, cat([a[0] for a in act_l]), cat([a[1] for a in act_l])),
+            ActorTokens(store, cat(row_l), cat(kin_l)),
             torch.cat(am_l).unsqueeze(0), np.concatenate(ids_l), np.concatenate(order_l),
         )
         return inp, rows
