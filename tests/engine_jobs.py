@@ -43,14 +43,20 @@ def disagreeing_ranks(rank, world, video):
     return "no error"
 
 
-def recall_on_ranks(rank, world, layout):
+def recall_on_ranks(rank, world, layout, tilt=False):
     """Recall (videoring.temporal) over this rank's frames of one fixed problem; returns
-    {frame: output} and the summed gradient of its projection."""
+    {frame: output} and the summed gradient of its projection (and tilt: with ``tilt``, two
+    heads, one untilted, one tilted towards older looks)."""
     from videoring.engine import frame_pieces
     from videoring.temporal import Recall
 
     torch.manual_seed(0)
-    model = Recall(12)
+    model = Recall(12, heads=2 if tilt else 1, tilt=tilt)
+    if tilt:
+        with torch.no_grad():  # the same head twice but for the tilt
+            model.proj.weight[32:] = model.proj.weight[:32]
+            model.proj.bias[32:] = model.proj.bias[:32]
+            model.tilt.copy_(torch.tensor([0.0, 0.3]))
     g = torch.Generator().manual_seed(1)
     T, A = 23, 3
     looks = torch.rand(T, A, 12, generator=g)
@@ -64,7 +70,7 @@ def recall_on_ranks(rank, world, layout):
     out = model(looks[idx][None], torch.where(real, times[idx], 0.0)[None], (mask[idx] & real[:, None])[None],
                 None, layout)[0]
     (out[real] ** 2).sum().backward()
-    grad = model.proj.weight.grad.clone()
+    grad = torch.cat([model.proj.weight.grad.flatten()] + ([model.tilt.grad] if tilt else []))
     if world > 1:
         dist.all_reduce(grad)
     return {f: out[i] for i, f in enumerate(frames) if f < T}, grad, mask

@@ -250,24 +250,76 @@ def test_actor_tokens_equal_their_padded_tensor():
     assert torch.equal(x1, x2) and torch.equal(k1, k2)
 
 
-def test_recall_sharded_equals_single_process():
+@pytest.mark.parametrize("tilt", [False, True])
+def test_recall_sharded_equals_single_process(tilt):
     """Recall's attention over the actor tokens is a ring attention like every layer: W = 2, 3
     give the outputs and gradients of W = 1, in both layouts; a look-alike that returns
-    recalls its first visit, an actor seen only now recalls (almost) nothing."""
+    recalls its first visit, an actor seen only now recalls (almost) nothing. With ``tilt``:
+    two heads, the second tilted towards older looks."""
     from .engine_jobs import recall_on_ranks
 
+    # outputs are log1p(seconds ago) / 4 from fp32 softmax merges in another order: scores of
+    # temperature ~20 carry ~20 x 2^-24 relative rounding into each weight (1e-5 here ~ 4e-5 s)
+    atol = 2e-5 if tilt else 1e-5
     for layout in ("contiguous", "zigzag"):
-        ref, gref, mask = run_world(recall_on_ranks, 1, layout)[0]
+        ref, gref, mask = run_world(recall_on_ranks, 1, layout, tilt)[0]
         ref = {f: torch.as_tensor(o) for f, o in ref.items()}
         gref, mask = torch.as_tensor(gref), torch.as_tensor(mask)
         for world in (2, 3):
-            parts = run_world(recall_on_ranks, world, layout)
+            parts = run_world(recall_on_ranks, world, layout, tilt)
             got = {f: torch.as_tensor(o) for p in parts for f, o in p[0].items()}
             assert sorted(got) == list(range(23))
             for f in range(23):
                 m = mask[f]  # absent actors' outputs are never read
-                assert torch.allclose(got[f][m], ref[f][m], rtol=0, atol=1e-5), (layout, world, f)
+                assert torch.allclose(got[f][m], ref[f][m], rtol=0, atol=atol), (layout, world, f)
             assert (torch.as_tensor(parts[0][1]) - gref).abs().max() <= 1e-5
-        ago = lambda f, a: float(torch.expm1(ref[f][a, 0] * 4))  # noqa: E731
+        ago = lambda f, a, h=0: float(torch.expm1(ref[f][a, h] * 4))  # noqa: E731
         assert ago(15, 1) > 5.0  # back at 22.5 s; first seen at 3 s (the mean with its own token: ~10 s)
         assert ago(2, 0) < 2.0  # first seen now
+        if tilt:
+            assert ago(15, 1, 1) > ago(15, 1)  # the tilted head weighs the first visit more
+
+
+def test_recall_heads_and_tilt_equal_a_float64_reference():
+    """Each Recall head is its own softmax over the frame-causal past, of temperature x cosine
+    minus the tilt per TILT_UNIT_S of the key's time, whose value is the key's time: the output
+    equals that written out in float64, and without tilt a head is a one-head Recall with its
+    rows of the projection."""
+    from videoring.temporal import Recall
+
+    torch.manual_seed(0)
+    T, A, H, L = 17, 3, 3, 9
+    model = Recall(L, dim=8, heads=H, tilt=True)
+    with torch.no_grad():
+        model.tilt.copy_(torch.tensor([0.0, 0.5, -0.2]))
+        model.log_temp.copy_(torch.tensor([3.0, 2.0, 3.5]))
+    looks = torch.rand(1, T, A, L)
+    times = (torch.arange(T, dtype=torch.float64) * 37.0 + 5.0)[None]
+    mask = torch.rand(1, T, A) < 0.8
+    mask[0, 0, 0] = True
+    out = model(looks, times, mask)[0].double()
+    # compared in seconds, to 1 ms: the mean time is fp32 kilo-seconds (~6e-5 s apart at 600 s)
+    ago = lambda o: torch.expm1(4 * o.detach().double())  # noqa: E731
+
+    z = model.embed(looks[0]).double()  # (T, A, H, dim)
+    t = times[0][:, None].expand(T, A).reshape(-1)
+    frame = torch.arange(T)[:, None].expand(T, A).reshape(-1)
+    for h in range(H):
+        zh = z[:, :, h].reshape(T * A, -1)
+        s = model.log_temp[h].double().exp() * zh @ zh.T - model.tilt[h].double() * t[None] / Recall.TILT_UNIT_S
+        s = s.masked_fill(~mask.reshape(-1)[None] | (frame[None] > frame[:, None]), float("-inf"))
+        mean_t = torch.softmax(s, -1) @ t
+        m = mask.reshape(-1)
+        assert (ago(out[..., h].reshape(-1)) - (t - mean_t).clamp_min(0))[m].abs().max() < 1e-3, h
+
+    # without tilt, each head is a one-head Recall with its rows of the projection
+    untilted = Recall(L, dim=8, heads=H)
+    untilted.load_state_dict({k: v for k, v in model.state_dict().items() if k != "tilt"})
+    several = untilted(looks, times, mask)
+    for h in range(H):
+        one = Recall(L, dim=8)
+        with torch.no_grad():
+            one.proj.weight.copy_(model.proj.weight[8 * h:8 * (h + 1)])
+            one.proj.bias.copy_(model.proj.bias[8 * h:8 * (h + 1)])
+            one.log_temp.copy_(model.log_temp[h])
+        assert (ago(one(looks, times, mask)[..., 0]) - ago(several[..., h]))[mask].abs().max() < 1e-3, h

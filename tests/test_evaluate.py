@@ -189,6 +189,26 @@ def test_smoothing_equals_the_dense_gaussian_and_absorbs_a_flicker():
     assert np.allclose(rows[:, 1:], np.round(smooth(np.arange(9.0), np.stack([o[2] for o in obs]), 0.8), 4))
 
 
+def test_segment_score_weighs_duration_by_hand():
+    """``actions.segment_tau_s``: a clip segment's score is (mean track probability + mean dense
+    probability) / 2 times 1 - exp(-duration / tau); the track's actions keep the mean."""
+    from videoring.actions import decode
+    from videoring.config import ActionConfig
+
+    labels = ["idle", "walk", "jump"]
+    seq = [1, 1, 1, 1, 2]  # walk over [0, 3.5] at 0.8, then jump over [3.5, 5] at 0.6
+    probs = [np.array([0.1, 0.8, 0.1])] * 4 + [np.array([0.2, 0.2, 0.6])]
+    obs = [(3, float(t), p) for t, p in enumerate(probs)]
+    dense = np.tile([0.0, 0.4, 0.2], (5, 1))
+    for tau, factor in ((0.0, (1.0, 1.0)), (2.0, (1 - np.exp(-3.5 / 2), 1 - np.exp(-1.5 / 2)))):
+        acts, segs, _ = decode(ActionConfig(labels=labels, smooth_s=0.0, segment_tau_s=tau), np.arange(5.0), dense, obs, {3: (0.0, 5.0)})
+        assert [(a.label, a.start_s, a.end_s, a.score) for a in acts] == [("walk", 0.0, 3.5, 0.8), ("jump", 3.5, 5.0, 0.6)]
+        assert [s.label for s in segs] == ["walk", "jump"]
+        # dense mean over the steps inside each segment: walk 0.4 (t = 0..3), jump 0.2 (t = 4)
+        assert segs[0].score == pytest.approx((0.8 + 0.4) / 2 * factor[0], abs=1e-4)
+        assert segs[1].score == pytest.approx((0.6 + 0.2) / 2 * factor[1], abs=1e-4)
+
+
 def test_nms_merges_only_the_group_labels():
     """Two actors walking at the same time are two walks; the two actors of a meet are one meet."""
     from videoring.actions import decode

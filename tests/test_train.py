@@ -86,30 +86,33 @@ def test_texture_model_trains_and_is_loaded_only_with_texture(clips, tmp_path):
         Pipeline.from_config("default", overrides=[*common, "actions.texture=false"])
 
 
-def test_recall_shape_model_is_loaded_only_with_recall_shape(tmp_path):
-    """``actions.recall_shape`` widens Recall's input, not the actor token: a checkpoint made with
-    it loads with it, and a config without it is told the setting."""
+@pytest.mark.parametrize("setting, off", [("recall_shape=true", "recall_shape=false"),
+                                           ("recall_heads=3", "recall_heads=1"),
+                                           ("recall_tilt=true", "recall_tilt=false")])
+def test_recall_settings_load_only_with_themselves(tmp_path, setting, off):
+    """Recall's settings change the model, not the actor token: a checkpoint made with one loads
+    with it, and a config without it is told the setting."""
     from dataclasses import asdict
 
     from videoring.actions import ActionModel, load_model, save_model
     from videoring.config import PipelineConfig, load_config
     from videoring.errors import ConfigError
 
-    def model(shape: bool) -> tuple[ActionModel, PipelineConfig]:
-        cfg = load_config("configs/default.yaml", [f"actions.recall_shape={str(shape).lower()}"], cls=PipelineConfig)
+    def model(o: str) -> tuple[ActionModel, PipelineConfig]:
+        cfg = load_config("configs/default.yaml", [f"actions.{o}"], cls=PipelineConfig)
         return ActionModel(cfg, 192, 5), cfg
 
-    m, cfg = model(True)
-    assert m.temporal.recall.proj.in_features == model(False)[0].temporal.recall.proj.in_features + 1
-    path = tmp_path / "shape.safetensors"
+    m, cfg = model(setting)
+    if setting.startswith("recall_shape"):
+        assert m.temporal.recall.proj.in_features == model(off)[0].temporal.recall.proj.in_features + 1
+    path = tmp_path / "recall.safetensors"
     save_model(m, path, {"labels": m.labels, "config": json.loads(json.dumps(asdict(cfg), default=str))})
-    again, _ = model(True)
+    again, _ = model(setting)
     load_model(again, path)
     for k, x in m.state_dict().items():
         assert torch.equal(again.state_dict()[k], x), k
-    with pytest.raises(ConfigError, match="does not fit this config.*trained with actions.recall_shape=true"):
-        load_model(model(False)[0], path)
-
+    with pytest.raises(ConfigError, match=f"does not fit this config.*trained with actions.{setting}"):
+        load_model(model(off)[0], path)
 
 
 def test_each_config_fits_the_action_model_it_names():

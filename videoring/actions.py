@@ -19,6 +19,7 @@ temporal NMS merges the duplicates of the labels in ``actions.nms_labels``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,8 @@ class ActionModel(nn.Module):
         look = look_dim(a.texture)
         actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
-                                      look=slice(roi_dim, roi_dim + look), height=roi_dim + look + KIN_HEIGHT if a.recall_shape else None)
+                                      look=slice(roi_dim, roi_dim + look), height=roi_dim + look + KIN_HEIGHT if a.recall_shape else None,
+                                      recall_heads=a.recall_heads, recall_tilt=a.recall_tilt)
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)
@@ -123,7 +125,7 @@ def save_model(model: ActionModel, path: str | Path, meta: dict) -> None:
                   metadata={"videoring": json.dumps(meta)})
 
 
-_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors", "recall_shape")  # settings that shape the actor tokens or Recall
+_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt")  # settings that shape the actor tokens or Recall
 
 
 def load_model(model: ActionModel, path: str | Path) -> dict:
@@ -228,7 +230,10 @@ def decode(
             if labels[li] != cfg.background:
                 m = (step_times >= t0) & (step_times <= t1)
                 dense = float(dense_prob[m, li].mean()) if m.any() else score
-                segs.append(Segment(labels[li], round(t0, 3), round(t1, 3), round((score + dense) / 2, 4)))
+                seg_score = (score + dense) / 2
+                if cfg.segment_tau_s > 0:  # a phase cut short ranks below whole ones
+                    seg_score *= 1 - math.exp(-(t1 - t0) / cfg.segment_tau_s)
+                segs.append(Segment(labels[li], round(t0, 3), round(t1, 3), round(seg_score, 4)))
             s = e
     if cfg.nms_labels is None:
         return actions, temporal_nms(segs, cfg.nms_iou), scores

@@ -22,7 +22,10 @@ similarity times a learned temperature); the value is the key's timestamp, so
 the output is the similarity-weighted mean time of the look-alikes, turned into
 ``log1p(t - mean)``: a few seconds for an actor first seen now (it matches only
 its own recent tokens), minutes for one that was here before. It goes into the
-actor token's features. This is the long-range path ``arrive`` vs ``return``
+actor token's features. With several heads (``actions.recall_heads``) each head
+has its own projection and temperature and adds its own number; with a tilt
+(``actions.recall_tilt``) a head's scores also gain a learned bias per second of
+the key's age. This is the long-range path ``arrive`` vs ``return``
 needs, and it runs through :func:`ring_attention` like every layer, so it sees
 the whole video (or, in the ``window_s`` ablation, only its window).
 
@@ -143,18 +146,26 @@ class Block(nn.Module):
 
 
 class Recall(nn.Module):
-    """Per actor token: log1p(seconds since the similarity-weighted look-alikes of the past)."""
+    """Per actor token and head: log1p(seconds since the similarity-weighted look-alikes of the past)."""
 
     TIME_UNIT_S = 1000.0  # timestamps enter the attention value in this unit (fp32: ~2 ms at 6 h)
+    TILT_UNIT_S = 100.0  # and the tilt's key channel in this one: a tilt of 1 weighs a look 100 s older e times more
 
-    def __init__(self, look_dim: int, dim: int = 32, height: bool = False) -> None:
+    def __init__(self, look_dim: int, dim: int = 32, height: bool = False, heads: int = 1, tilt: bool = False) -> None:
         """``height``: the looks end with the box's height (a fraction of the frame's), which
         enters as 2 (log(height) + 1.6): centred on a fifth of the frame, and a build's spread
-        about a thumbnail pixel's."""
+        about a thumbnail pixel's. ``heads``: independent projections and temperatures, each
+        its own answer. ``tilt``: each head also learns a bias per second of a key's age (init
+        0), so it can prefer older looks over the actor's own recent tokens."""
         super().__init__()
         self.height = height
-        self.proj = nn.Linear(look_dim + height, dim)
-        self.log_temp = nn.Parameter(torch.tensor(math.log(20.0)))
+        self.heads = heads
+        self.dim = dim
+        self.proj = nn.Linear(look_dim + height, dim * heads)
+        # one head keeps the scalar parameter of the models trained before heads existed
+        t0 = math.log(20.0)
+        self.log_temp = nn.Parameter(torch.tensor(t0) if heads == 1 else torch.full((heads,), t0))
+        self.tilt = nn.Parameter(torch.zeros(heads)) if tilt else None
 
     def _features(self, c: Tensor) -> Tensor:
         c = c.float()
@@ -164,31 +175,46 @@ class Recall(nn.Module):
         return torch.cat([c[..., :-1] - 0.5, 2 * (c[..., -1:].clamp_min(1e-3).log() + 1.6)], -1)
 
     def embed(self, looks: Tensor) -> Tensor:
-        """(..., dim) unit vectors: two looks' similarity is their dot product (times the temperature)."""
-        return F.normalize(self.proj(self._features(looks)), dim=-1)
+        """(..., heads, dim) unit vectors: two looks' similarity in a head is their dot product
+        (times its temperature)."""
+        z = self.proj(self._features(looks))
+        return F.normalize(z.unflatten(-1, (self.heads, self.dim)), dim=-1)
 
     def forward(self, looks: Tensor, times: Tensor, mask: Tensor, group=None, layout: str = "contiguous") -> Tensor:
         """looks (B, F, A, look_dim [+ 1]) in [0, 1] (with ``height``: then the height), times
-        (B, F), mask (B, F, A) -> (B, F, A, 1)."""
+        (B, F), mask (B, F, A) -> (B, F, A, heads)."""
         B, Fr, A, _ = looks.shape
-        # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
-        # at inference a chunk of frames at a time (the hour's fp32 copies of the looks: ~30 MB)
-        z = tokenwise(self.embed, looks, 1, max(1, TOKEN_CHUNK // A))
-        z = z.reshape(B, 1, Fr * A, -1) * (self.log_temp / 2).exp()
-        v = torch.zeros_like(z)
-        v[..., 0] = (times.float() / self.TIME_UNIT_S).unsqueeze(-1).expand(B, Fr, A).reshape(B, 1, Fr * A)
-        # frame-causal over the actor tokens (A per frame): only the past (and the same frame) is recalled
-        mean_t = ring_attention(z, z, v, causal=True, causal_block=A, key_padding_mask=mask.reshape(B, Fr * A),
-                                layout=layout, group=group, scale=1.0)[..., 0]
-        ago = (times.unsqueeze(-1) - mean_t.reshape(B, Fr, A).double() * self.TIME_UNIT_S).clamp_min(0)
-        return (torch.log1p(ago) / 4).float().unsqueeze(-1)
+        t = times.float().unsqueeze(-1).expand(B, Fr, A).reshape(B, 1, Fr * A)
+        temps = (self.log_temp.reshape(-1) / 2).exp()
+        outs = []
+        for h in range(self.heads):  # a head at a time: the hour's fp32 q/k/v of one head are ~17 MB at 2 fps
+            # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
+            # at inference a chunk of frames at a time
+            z = tokenwise(lambda c: self.embed(c)[..., h, :], looks, 1, max(1, TOKEN_CHUNK // A))
+            q = z.reshape(B, 1, Fr * A, -1) * temps[h]
+            k = q
+            v = torch.zeros_like(q)
+            v[..., 0] = t / self.TIME_UNIT_S
+            if self.tilt is not None:
+                # one more channel: q.k gains -tilt * key time, i.e. tilt per TILT_UNIT_S of a key's age
+                # (the query's own time is the same for all its keys: the softmax drops it)
+                q = torch.cat([q, (-self.tilt[h]).expand(B, 1, Fr * A, 1)], -1)
+                k = torch.cat([k, (t / self.TILT_UNIT_S).unsqueeze(-1)], -1)
+                v = torch.cat([v, torch.zeros_like(v[..., :1])], -1)
+            # frame-causal over the actor tokens (A per frame): only the past (and the same frame) is recalled
+            mean_t = ring_attention(q, k, v, causal=True, causal_block=A, key_padding_mask=mask.reshape(B, Fr * A),
+                                    layout=layout, group=group, scale=1.0)[..., 0]
+            ago = (times.unsqueeze(-1) - mean_t.reshape(B, Fr, A).double() * self.TIME_UNIT_S).clamp_min(0)
+            outs.append((torch.log1p(ago) / 4).float())
+        return torch.stack(outs, -1)
 
 
 class TemporalModel(nn.Module):
     def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0,
-                 look: slice | None = None, height: int | None = None) -> None:
+                 look: slice | None = None, height: int | None = None, recall_heads: int = 1, recall_tilt: bool = False) -> None:
         """``look``: where the thumbnail sits in an actor token's features (enables :class:`Recall`);
-        ``height``: where the box's height sits, for Recall to compare too."""
+        ``height``: where the box's height sits, for Recall to compare too; ``recall_heads`` and
+        ``recall_tilt``: :class:`Recall`'s ``heads`` and ``tilt``."""
         super().__init__()
         self.cfg = cfg
         self.P = tokens_per_frame
@@ -199,8 +225,8 @@ class TemporalModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         if max_actors:
             if look is not None:
-                self.recall = Recall(look.stop - look.start, height=height is not None)
-                actor_dim += 1
+                self.recall = Recall(look.stop - look.start, height=height is not None, heads=recall_heads, tilt=recall_tilt)
+                actor_dim += recall_heads
             self.actor_proj = nn.Sequential(nn.LayerNorm(actor_dim), nn.Linear(actor_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.type_emb = nn.Embedding(2, cfg.dim)
         self.slot_emb = nn.Embedding(tokens_per_frame, cfg.dim)

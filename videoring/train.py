@@ -198,11 +198,12 @@ class TrainJob:
         from .engine import video_hash
         from .io import atomic_path
 
-        # a decode-only or model-only setting does not change the inputs: nms_labels and
-        # recall_shape are left out of the key (the
+        # a decode-only or model-only setting does not change the inputs: nms_labels,
+        # segment_tau_s and the recall_* settings are left out of the key (the
         # older decode-only fields, nms_iou and smooth_s, stay in it: caches made with them stay
         # valid); half_windows and texture are there as the actor token's lengths, under "feat"
-        act = {k: v for k, v in asdict(self.cfg.actions).items() if k not in ("nms_labels", "half_windows", "texture", "recall_shape")}
+        act = {k: v for k, v in asdict(self.cfg.actions).items() if k not in ("nms_labels", "segment_tau_s", "half_windows", "texture")
+               and not k.startswith("recall_")}
         key_cfg = json.dumps({"enc": asdict(self.cfg.encoder), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
                               "act": act, "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
                               "seed": self.cfg.seed, "v": 2,
