@@ -99,6 +99,8 @@ def test_named_model_needs_opt_in():
     ("actions.labels=[a, a]", "actions.labels"), ("track.bogus=1", "track.bogus"), ("track.conf=high", "track.conf"),
     ("track.extend_s=-1", "track.extend_s"), ("temporal.dropout=1.5", "temporal.dropout"),
     ("actions.nms_labels=[hug]", "actions.nms_labels"), ("track.iou=0", "track.iou"),
+    ("actions.recall_heads=true", "actions.recall_heads"), ("actions.recall_heads=17", "actions.recall_heads"),
+    ("actions.segment_tau_s=-1", "actions.segment_tau_s"),
 ])
 def test_pipeline_config_errors_name_the_key(override, key):
     from videoring.config import PipelineConfig, load_config
@@ -303,3 +305,10 @@ def test_extend_tracks_fills_a_gap_without_crossing_the_next_piece():
     out = extend_tracks(np.concatenate([a, b]), gap, fps=10.0, max_s=3.0)
     t = np.sort(out[out[:, 1] == 3, 0])
     assert np.allclose(t, np.arange(0.0, 2.95, 0.1))  # one box per frame, no time twice
+
+
+def test_recall_heads_refuses_a_bool_built_in_python():
+    from videoring.config import ActionConfig
+
+    with pytest.raises(ConfigError, match=r"actions\.recall_heads"):
+        ActionConfig(recall_heads=True)

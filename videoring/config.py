@@ -250,7 +250,7 @@ class ActionConfig:
             raise ConfigError(f"actions.roi_size: got {self.roi_size!r}; use 1 to 7")
         if not (0 <= self.segment_tau_s <= 3600):
             raise ConfigError(f"actions.segment_tau_s: got {self.segment_tau_s!r}; use 0 (off) to 3600 seconds")
-        if not (isinstance(self.recall_heads, int) and 1 <= self.recall_heads <= 16):
+        if not (type(self.recall_heads) is int and 1 <= self.recall_heads <= 16):  # not a bool
             raise ConfigError(f"actions.recall_heads: got {self.recall_heads!r}; use 1 to 16")
         if not (0 <= self.nms_iou <= 1):
             raise ConfigError(f"actions.nms_iou: got {self.nms_iou!r}; use a number from 0 to 1")
