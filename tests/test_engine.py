@@ -76,6 +76,29 @@ def test_encoder_tokens_per_frame(tpf, n):
     assert torch.allclose(one.tokens[0], out.tokens[3], atol=1e-4)
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    import videoring.encoder as enc_mod
+    from videoring.encoder import resolve_precision
+
+    avx512 = {"avx2", "avx512f", "avx512bw", "avx512_vnni"}  # oneDNN emulates bf16 here: 2.6x slower
+    assert resolve_precision("auto", avx512) == "fp32"
+    assert resolve_precision("auto", avx512 | {"avx512_bf16"}) == "bf16"
+    assert resolve_precision("auto", avx512 | {"amx_tile", "amx_bf16"}) == "bf16"
+    assert resolve_precision("bf16", avx512) == "bf16" and resolve_precision("fp32", {"amx_bf16"}) == "fp32"
+    # the encoder runs what auto resolves to, and the feature cache keys on that, not on "auto"
+    monkeypatch.setattr(enc_mod, "_cpu_flags", lambda: set(avx512))
+    assert FrameEncoder(EncoderConfig(precision="auto")).precision == "fp32"
+    monkeypatch.setattr(enc_mod, "_cpu_flags", lambda: avx512 | {"amx_bf16"})
+    assert FrameEncoder(EncoderConfig(precision="auto")).precision == "bf16"
+    with pytest.raises(ConfigError, match=r"encoder\.precision"):
+        EncoderConfig(precision="fp16")
+    from videoring.engine import FeatureEngine
+
+    paths = {p: FeatureEngine(load_config(None, [f"encoder.precision={p}", "cache_dir=c"]))._cache_path("v", np.arange(3))
+             for p in ("auto", "fp32", "bf16")}
+    assert paths["auto"] == paths["bf16"] != paths["fp32"]  # flags: amx_bf16 (set above)
+
+
 def test_encoder_weights_from_local_files(tmp_path):
     torch.manual_seed(1)
     src = FrameEncoder(EncoderConfig(precision="fp32"))

@@ -39,14 +39,17 @@ class EncoderConfig:
     tokens_per_frame: int = 17
     """1 (CLS), 5 (CLS + 2x2 grid), 17 (CLS + 4x4 grid) or 0 (CLS + every patch)."""
     batch_size: int = 16
-    precision: str = "bf16"
-    """'fp32' or 'bf16' (autocast; measured ~1.8x faster for ViTs on this CPU)."""
+    precision: str = "auto"
+    """'fp32', 'bf16' (autocast) or 'auto': bf16 where the CPU computes it natively (AMX or
+    AVX512-BF16 in /proc/cpuinfo), else fp32. ViT-Tiny, batch 16: 1.8x faster in bf16 on a CPU
+    with AMX, but 2.6-2.8x slower on an AVX-512 CPU without BF16, which emulates it
+    (docs/benchmarks_pipeline.md)."""
 
     def __post_init__(self) -> None:
         if self.tokens_per_frame not in TOKENS_PER_FRAME:
             raise ConfigError(f"encoder.tokens_per_frame: got {self.tokens_per_frame!r}; use one of 1, 5, 17 or 0 (all patches)")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"encoder.precision: got {self.precision!r}; use 'fp32' or 'bf16'")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"encoder.precision: got {self.precision!r}; use 'auto', 'fp32' or 'bf16'")
         if self.batch_size < 1:
             raise ConfigError(f"encoder.batch_size: got {self.batch_size!r}; use an integer >= 1")
 
