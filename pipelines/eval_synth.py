@@ -85,9 +85,10 @@ def main() -> None:
     pred_dir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.from_config(args.config, overrides=["output.annotate=false", *args.overrides])
     report: dict = {"split": args.split, "config": str(args.config), "overrides": args.overrides}
-    pairs_s, secs, wall = run(pipe, short, pred_dir)
-    report["short"] = {**evaluate(pairs_s), "video_s": secs, "wall_s": round(wall, 1)}
-    print(json.dumps(report["short"]), flush=True)
+    if short:
+        pairs_s, secs, wall = run(pipe, short, pred_dir)
+        report["short"] = {**evaluate(pairs_s), "video_s": secs, "wall_s": round(wall, 1)}
+        print(json.dumps(report["short"]), flush=True)
     if long:
         pairs_l, secs, wall = run(pipe, long, pred_dir)
         report["long"] = {**evaluate(pairs_l), "video_s": secs, "wall_s": round(wall, 1)}
