@@ -11,7 +11,7 @@ k x k for the temporal model's frame tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,10 @@ class FrameEncoder(torch.nn.Module):
         k = {1: 0, 5: 2, 17: 4, 0: None}[cfg.tokens_per_frame]
         self.pool = k
         self.tokens_per_frame = 1 + (self.grid_size[0] * self.grid_size[1] if k is None else k * k)
+
+    def settings(self) -> dict:
+        """The encoder config as it runs ('auto' resolved): what feature-cache keys hold."""
+        return {**asdict(self.cfg), "precision": self.precision}
 
     def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
         """(N, H, W, 3) uint8 RGB -> (N, 3, h, w) normalised float, resized to the model's input."""

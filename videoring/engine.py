@@ -93,7 +93,7 @@ class FeatureEngine:
             return None
         key = hashlib.blake2b(digest_size=16)
         key.update(vhash.encode())
-        key.update(json.dumps({**asdict(self.cfg.encoder), "precision": self.encoder.precision}, sort_keys=True).encode())
+        key.update(json.dumps(self.encoder.settings(), sort_keys=True).encode())
         key.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
         return Path(self.cfg.cache_dir) / f"{key.hexdigest()}.safetensors"
 

@@ -204,7 +204,7 @@ class TrainJob:
         # valid); half_windows and texture are there as the actor token's lengths, under "feat"
         act = {k: v for k, v in asdict(self.cfg.actions).items() if k not in ("nms_labels", "segment_tau_s", "half_windows", "texture")
                and not k.startswith("recall_")}
-        key_cfg = json.dumps({"enc": {**asdict(self.cfg.encoder), "precision": self.pipe.encoder.precision}, "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
+        key_cfg = json.dumps({"enc": self.pipe.encoder.settings(), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
                               "act": act, "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
                               "seed": self.cfg.seed, "v": 2,
                               "feat": [ROW_COLS, kin_dim(self.cfg.actions.half_windows), look_dim(self.cfg.actions.texture)]}, sort_keys=True)  # what an actor token holds
