@@ -61,6 +61,24 @@ def test_deterministic_checkpoint_and_resume(clips, tmp_path):
         assert torch.equal(resumed[k], x), k
 
 
+def test_prepare_from_end_meets_the_forward_pass_with_the_same_items(clips, tmp_path):
+    import shutil
+
+    from videoring.train import TrainJob, load_train_config
+
+    root, paths = clips
+    fwd = TrainJob(load_train_config("configs/train_synth.yaml", _overrides(root, paths, tmp_path / "o"))).dataset(log=lambda *x: None)
+    job = TrainJob(load_train_config("configs/train_synth.yaml", [*_overrides(root, paths, tmp_path / "o"),
+                                                                   f"train.cache_dir={tmp_path / 'back'}"]))
+    first = job._cached(0, paths[0], job._cache_key())
+    first.parent.mkdir(parents=True)
+    shutil.copyfile(root / "cache" / first.name, first)  # the forward pass has done clip 0
+    assert job.prepare_from_end(log=lambda *x: None) == 1  # clip 1, then it stops at clip 0
+    back = job.dataset(log=lambda *x: None)
+    for a, b in zip(fwd, back, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_data_parallel_ranks_stay_identical(clips, tmp_path):
     root, paths = clips
     sums = run_world(train_on_rank, 2, _overrides(root, paths, tmp_path / "dp"), timeout=280)

@@ -190,40 +190,68 @@ class TrainJob:
                 raise ConfigError(f"train.videos: {v} or its ground truth {Path(v).with_suffix('.json').name} is missing")
         return out
 
-    def dataset(self, log=print) -> list[dict[str, torch.Tensor]]:
-        import hashlib
-
-        from safetensors.torch import load_file, save_file
-
-        from .engine import video_hash
-        from .io import atomic_path
-
+    def _cache_key(self) -> str:
         # a decode-only or model-only setting does not change the inputs: nms_labels,
         # segment_tau_s and the recall_* settings are left out of the key (the
         # older decode-only fields, nms_iou and smooth_s, stay in it: caches made with them stay
         # valid); half_windows and texture are there as the actor token's lengths, under "feat"
         act = {k: v for k, v in asdict(self.cfg.actions).items() if k not in ("nms_labels", "segment_tau_s", "half_windows", "texture")
                and not k.startswith("recall_")}
-        key_cfg = json.dumps({"enc": self.pipe.encoder.settings(), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
-                              "act": act, "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
-                              "seed": self.cfg.seed, "v": 2,
-                              "feat": [ROW_COLS, kin_dim(self.cfg.actions.half_windows), look_dim(self.cfg.actions.texture)]}, sort_keys=True)  # what an actor token holds
+        return json.dumps({"enc": self.pipe.encoder.settings(), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
+                           "act": act, "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
+                           "seed": self.cfg.seed, "v": 2,
+                           "feat": [ROW_COLS, kin_dim(self.cfg.actions.half_windows), look_dim(self.cfg.actions.texture)]}, sort_keys=True)  # what an actor token holds
+
+    def _cached(self, i: int, video: str, key_cfg: str) -> Path:
+        import hashlib
+
+        from .engine import video_hash
+
+        key = hashlib.blake2b((video_hash(video) + key_cfg).encode(), digest_size=16).hexdigest()
+        return Path(self.opts.cache_dir) / f"{key}.safetensors"
+
+    def _prepare(self, i: int, video: str, path: Path, log) -> dict[str, torch.Tensor]:
+        from safetensors.torch import save_file
+
+        from .io import atomic_path
+
+        t0 = time.perf_counter()
+        # the seed is the video's index in train.videos, whichever process prepares it
+        item = prepare_video(self.pipe, video, Results.from_json(Path(video).with_suffix(".json")), self.opts, self.cfg.seed + i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({k: t.contiguous() for k, t in item.items()}, str(tmp))
+        log(f"prepared {video} ({len(item['times'])} steps) in {time.perf_counter() - t0:.1f} s")
+        return item
+
+    def dataset(self, log=print) -> list[dict[str, torch.Tensor]]:
+        """This rank's videos' model inputs, from the cache or prepared now (and cached)."""
+        from safetensors.torch import load_file
+
+        key_cfg = self._cache_key()
         data = []
-        cache = Path(self.opts.cache_dir)
         for i, v in list(enumerate(self._videos()))[self.rank :: self.world]:
-            key = hashlib.blake2b((video_hash(v) + key_cfg).encode(), digest_size=16).hexdigest()
-            path = cache / f"{key}.safetensors"
-            if path.exists():
-                data.append(load_file(str(path)))
-                continue
-            t0 = time.perf_counter()
-            item = prepare_video(self.pipe, v, Results.from_json(Path(v).with_suffix(".json")), self.opts, self.cfg.seed + i)
-            cache.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                save_file({k: t.contiguous() for k, t in item.items()}, str(tmp))
-            log(f"prepared {v} ({len(item['times'])} steps) in {time.perf_counter() - t0:.1f} s")
-            data.append(item)
+            path = self._cached(i, v, key_cfg)
+            data.append(load_file(str(path)) if path.exists() else self._prepare(i, v, path, log))
         return data
+
+    def prepare_from_end(self, log=print) -> int:
+        """Fill the feature cache from the LAST video backwards; stop at the first one cached.
+
+        A second process beside a training run (which prepares forwards) halves the
+        preparation on a machine with cores to spare; the items are the same either way
+        (same seeds, same keys). Returns how many videos this call prepared.
+        """
+        key_cfg = self._cache_key()
+        n = 0
+        for i, v in reversed(list(enumerate(self._videos()))):
+            path = self._cached(i, v, key_cfg)
+            if path.exists():
+                log(f"{v} is cached: the forward pass has reached here")
+                break
+            self._prepare(i, v, path, log)
+            n += 1
+        return n
 
 
 def _loss(model: ActionModel, item: dict, opts: TrainOptions, group=None) -> tuple[torch.Tensor, dict]:
