@@ -44,6 +44,9 @@ def test_deterministic_checkpoint_and_resume(clips, tmp_path):
     with safe_open(str(a.path), "pt") as f:
         meta = json.loads(f.metadata()["videoring"])
     assert meta["labels"][:2] == ["idle", "walk"] and meta["epoch"] == 1 and "temporal" in meta["config"]
+    from videoring.encoder import resolve_precision
+
+    assert meta["config"]["train"]["precision"] == resolve_precision("auto") != "auto"  # as it ran on this CPU
     # interrupted right after epoch 1's checkpoint, then --resume: the same weights as two epochs straight
     def stop(msg):
         if str(msg).startswith("epoch 1/2"):
@@ -77,6 +80,14 @@ def test_prepare_from_end_meets_the_forward_pass_with_the_same_items(clips, tmp_
     back = job.dataset(log=lambda *x: None)
     for a, b in zip(fwd, back, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_precision_is_checked():
+    from videoring.errors import ConfigError
+    from videoring.train import load_train_config
+
+    with pytest.raises(ConfigError, match=r"train\.precision: got 'fp16'"):
+        load_train_config("configs/train_synth.yaml", ["train.precision=fp16"])
 
 
 def test_data_parallel_ranks_stay_identical(clips, tmp_path):

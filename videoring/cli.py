@@ -132,7 +132,8 @@ def _init_distributed() -> tuple[int, int]:
             raise ConfigError(f"VIDEORING_DIST_TIMEOUT_S: got {raw!r}; use a positive number of seconds") from None
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    # the cores this process may run on (taskset / a container's cpuset), shared by the local ranks
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
     return (dist.get_rank() if world > 1 else 0), world
 
 
