@@ -73,7 +73,7 @@ def test_prepare_from_end_meets_the_forward_pass_with_the_same_items(clips, tmp_
     fwd = TrainJob(load_train_config("configs/train_synth.yaml", _overrides(root, paths, tmp_path / "o"))).dataset(log=lambda *x: None)
     job = TrainJob(load_train_config("configs/train_synth.yaml", [*_overrides(root, paths, tmp_path / "o"),
                                                                    f"train.cache_dir={tmp_path / 'back'}"]))
-    first = job._cached(0, paths[0], job._cache_key())
+    first = job._cached(paths[0], job._cache_key())
     first.parent.mkdir(parents=True)
     shutil.copyfile(root / "cache" / first.name, first)  # the forward pass has done clip 0
     assert job.prepare_from_end(log=lambda *x: None) == 1  # clip 1, then it stops at clip 0

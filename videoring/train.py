@@ -209,7 +209,7 @@ class TrainJob:
                            "seed": self.cfg.seed, "v": 2,
                            "feat": [ROW_COLS, kin_dim(self.cfg.actions.half_windows), look_dim(self.cfg.actions.texture)]}, sort_keys=True)  # what an actor token holds
 
-    def _cached(self, i: int, video: str, key_cfg: str) -> Path:
+    def _cached(self, video: str, key_cfg: str) -> Path:
         import hashlib
 
         from .engine import video_hash
@@ -238,7 +238,7 @@ class TrainJob:
         key_cfg = self._cache_key()
         data = []
         for i, v in list(enumerate(self._videos()))[self.rank :: self.world]:
-            path = self._cached(i, v, key_cfg)
+            path = self._cached(v, key_cfg)
             data.append(load_file(str(path)) if path.exists() else self._prepare(i, v, path, log))
         return data
 
@@ -246,13 +246,13 @@ class TrainJob:
         """Fill the feature cache from the LAST video backwards; stop at the first one cached.
 
         A second process beside a training run (which prepares forwards) halves the
-        preparation on a machine with cores to spare; the items are the same either way
-        (same seeds, same keys). Returns how many videos this call prepared.
+        preparation; pin the two to separate cores (taskset), or their detectors' and ViTs'
+        thread pools oversubscribe them. The items are the same either way (same seeds, same keys). Returns how many videos this call prepared.
         """
         key_cfg = self._cache_key()
         n = 0
         for i, v in reversed(list(enumerate(self._videos()))):
-            path = self._cached(i, v, key_cfg)
+            path = self._cached(v, key_cfg)
             if path.exists():
                 log(f"{v} is cached: the forward pass has reached here")
                 break
