@@ -1,4 +1,9 @@
-"""Run a function on W spawned gloo processes (FileStore in a temp dir, no ports).
+"""Run a function on W gloo processes (FileStore in a temp dir, no ports).
+
+Ranks are forked from a forkserver that has imported torch and videoring once: a
+spawned rank spent 4-5 s of CI's two cores importing them, for every rank of every
+world (~70 ranks in the suite). Forked ranks start clean otherwise: the server never
+runs a torch op, so no thread pool or process group is inherited.
 
 A watchdog kills every rank and fails the test if the world does not finish
 within ``timeout`` seconds, so a hang never stalls CI.
@@ -44,9 +49,18 @@ def _worker(fn, rank, world, store_path, args, q) -> None:
         q.put((rank, "err", traceback.format_exc()))
 
 
+PRELOAD = ["torch", "torch.distributed", "numpy", "videoring.engine", "videoring.ring", "videoring.train"]
+
+
+def _context() -> mp.context.BaseContext:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)  # read once, when the server starts (the first world)
+    return ctx
+
+
 def run_world(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 240.0) -> list[Any]:
     """``fn(rank, world, *args)`` on each rank; returns the results ordered by rank."""
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     q = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
