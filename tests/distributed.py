@@ -2,7 +2,7 @@
 
 Ranks are forked from a forkserver that has imported torch and videoring once: a
 spawned rank spent 4-5 s of CI's two cores importing them, for every rank of every
-world (~70 ranks in the suite). Forked ranks start clean otherwise: the server never
+world (78 ranks in the suite). Forked ranks start clean otherwise: the server never
 runs a torch op, so no thread pool or process group is inherited.
 
 A watchdog kills every rank and fails the test if the world does not finish
