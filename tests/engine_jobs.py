@@ -67,9 +67,10 @@ def recall_on_ranks(rank, world, layout, tilt=False):
     frames = [f for a, b in frame_pieces(T, world, layout)[rank] for f in range(a, b)]
     real = torch.tensor([f < T for f in frames])
     idx = torch.tensor([min(f, T - 1) for f in frames])
-    out = model(looks[idx][None], torch.where(real, times[idx], 0.0)[None], (mask[idx] & real[:, None])[None],
-                None, layout)[0]
-    (out[real] ** 2).sum().backward()
+    here = mask[idx] & real[:, None]
+    out = model(looks[idx][None], torch.where(real, times[idx], 0.0)[None], here[None], None, layout)[0]
+    # the actors' outputs only (absent slots are never read; one rank compacts them away in training)
+    (out[here] ** 2).sum().backward()
     grad = torch.cat([model.proj.weight.grad.flatten()] + ([model.tilt.grad] if tilt else []))
     if world > 1:
         dist.all_reduce(grad)

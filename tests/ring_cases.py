@@ -39,15 +39,33 @@ def make_inputs(seed: int, B: int, H: int, total: int, D: int, world: int, layou
     return q, k, v, do, pad
 
 
-def reference(q, k, v, do, pad, causal: bool, block: int):
+RAGGED = "ragged"  # a case's block: frames of 1-6 tokens each, passed to ring_attention as ``frames``
+
+
+def frame_ids(block: int | str, L: int) -> torch.Tensor:
+    """The frame of each of L global positions: ``position // block``, or for RAGGED a seeded
+    run of frames of 1 to 6 tokens (a sequence without its empty actor slots)."""
+    if block != RAGGED:
+        return torch.arange(L) // block
+    g = torch.Generator().manual_seed(L)
+    sizes = torch.randint(1, 7, (L,), generator=g)
+    return torch.repeat_interleave(torch.arange(L), sizes)[:L]
+
+
+def causal_mask(block: int | str, L: int) -> torch.Tensor:
+    """(L, L) bool: key j visible to query i iff frame(j) <= frame(i)."""
+    f = frame_ids(block, L)
+    return f[None, :] <= f[:, None]
+
+
+def reference(q, k, v, do, pad, causal: bool, block: int | str):
     """Float64 attention in one process (plain softmax), and its gradients."""
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     L = q.shape[2]
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     mask = pad[:, None, None, :].expand(-1, 1, L, L)
     if causal:
-        i = torch.arange(L)
-        mask = mask & ((i[None, :] // block) <= (i[:, None] // block))
+        mask = mask & causal_mask(block, L)
     s = s.masked_fill(~mask, float("-inf"))
     out = torch.softmax(s, dim=-1) @ v
     out.backward(do)
@@ -67,7 +85,8 @@ def run_case(rank, world, case):
     take = lambda t: t[:, :, pos].to(dtype).detach().clone().requires_grad_(True)
     ql, kl, vl = take(q), take(k), take(v)
     kpm = pad[:, pos] if use_pad else None
-    out = ring_attention(ql, kl, vl, causal=causal, causal_block=block, key_padding_mask=kpm, layout=layout)
+    rule = {"frames": frame_ids(block, L)} if block == RAGGED else {"causal_block": block}
+    out = ring_attention(ql, kl, vl, causal=causal, key_padding_mask=kpm, layout=layout, **rule)
     out.backward(do[:, :, pos].to(dtype))
     return pos, out.detach().double(), ql.grad.double(), kl.grad.double(), vl.grad.double()
 

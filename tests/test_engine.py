@@ -193,8 +193,9 @@ def test_cache_reuses_finished_blocks_after_an_interrupted_run(clip, tmp_path):
 def test_chunked_inference_equals_whole_sequence(causal, look, height, monkeypatch):
     """At inference the temporal model embeds and attends a chunk of tokens at a time
     (one rank: query chunks against the whole K/V, residuals updated in place); the
-    outputs equal the training-mode pass over the whole sequence at once, and fp16
-    actor features are read as fp32."""
+    outputs equal the training-mode pass over the whole sequence at once (which drops the
+    padded tokens and attends by frame), and fp16 actor features are read as fp32. Real
+    tokens and frames are compared: nothing reads a padded one's output."""
     import videoring.temporal as T
 
     torch.manual_seed(0)
@@ -213,8 +214,54 @@ def test_chunked_inference_equals_whole_sequence(causal, look, height, monkeypat
     monkeypatch.setattr(T, "TOKEN_CHUNK", 128)  # 1,500 tokens: 12 chunks, a partial last one
     with torch.inference_mode():
         got, got_step = model(tok, ts, fm, None, act, am)
-    assert (got - want.detach()).abs().max() < 1e-5
-    assert (got_step - want_step.detach()).abs().max() < 1e-5
+    real = torch.cat([fm[:, :, None].expand(1, Fr, 3), am & fm[:, :, None]], 2)
+    assert (got - want.detach())[real].abs().max() < 1e-5
+    assert (got_step - want_step.detach())[fm].abs().max() < 1e-5
+    assert not want.detach()[~real].any()  # the training pass compacted the padded tokens away
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_training_pass_without_padded_tokens_equals_the_padded_pass(causal, monkeypatch):
+    """Training at one rank drops the key-padded tokens (absent actors, padded frames) and
+    attends by each token's frame: the real tokens' outputs and every parameter's gradient
+    equal those of the padded sequence. fp32 sums in another order: outputs to 1e-5; gradients
+    to 1e-4 of their largest entry (Recall's temperature sums ~1e3-sized terms that cancel
+    to ~2); a wrong mask or frame moves them by O(1)."""
+    import videoring.temporal as T
+
+    torch.manual_seed(0)
+    cfg = TemporalConfig(dim=32, depth=2, heads=4, causal=causal)
+    model = T.TemporalModel(cfg, 16, 3, 12, 4, look=slice(4, 10), height=11, recall_heads=2, recall_tilt=True).eval()
+    with torch.no_grad():
+        model.recall.tilt.copy_(torch.tensor([0.0, 0.4]))
+    Fr = 140
+    g = torch.Generator().manual_seed(2)
+    tok = torch.randn(1, Fr, 3, 16, generator=g)
+    ts = (torch.arange(Fr, dtype=torch.float64) * 0.5)[None]
+    fm = torch.ones(1, Fr, dtype=torch.bool)
+    fm[0, -9:] = False
+    act = torch.rand(1, Fr, 4, 12, generator=g)
+    am = torch.rand(1, Fr, 4, generator=g) < 0.4
+    real = torch.cat([fm[:, :, None].expand(1, Fr, 3), am & fm[:, :, None]], 2)
+    w = torch.randn(1, Fr, 7, 32, generator=g)
+
+    def run():
+        model.zero_grad()
+        x, step = model(tok, ts, fm, None, act, am)
+        ((x * w)[real].sum() + step[fm].sum()).backward()
+        return x.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    real_positions = T.real_positions
+    monkeypatch.setattr(T, "real_positions", lambda *a: calls.append(1) or real_positions(*a))
+    x1, g1 = run()
+    assert len(calls) == 2 and real_positions(real, None).numel() == int(real.sum())  # Recall's and the transformer's
+    monkeypatch.setattr(T, "real_positions", lambda *a: None)
+    x2, g2 = run()
+    assert (x1 - x2)[real].abs().max() < 1e-5
+    assert sorted(g1) == sorted(g2) and "recall.tilt" in g1
+    for n in g1:
+        assert (g1[n] - g2[n]).abs().max() <= 1e-4 * max(1.0, g2[n].abs().max().item()), n
 
 
 def test_arena_keeps_rows_in_blocks():

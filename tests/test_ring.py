@@ -27,10 +27,11 @@ from videoring.ring import gather_sequence, ring_attention, shard_sequence
 from videoring.ring.kernels import BlockKernel
 
 from .distributed import run_world
-from .ring_cases import DEFAULT_PIECE, DEFAULT_STREAM, make_inputs, positions, reference, run_cases
+from .ring_cases import DEFAULT_PIECE, DEFAULT_STREAM, RAGGED, causal_mask, frame_ids, make_inputs, positions, reference, run_cases
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
-MASKS = [(False, 1), (True, 1), (True, 4)]  # non-causal, causal, frame-causal (4 tokens per frame)
+# non-causal, causal, frame-causal (4 tokens per frame), frame-causal over frames of 1-6 tokens (``frames``)
+MASKS = [(False, 1), (True, 1), (True, 4), (True, RAGGED)]
 
 
 def _assemble(results, ci, world, shape):
@@ -94,8 +95,7 @@ def _sdpa_bf16_error(case) -> list[float]:
     qb, kb, vb = (t.bfloat16().requires_grad_(True) for t in (q, k, v))
     mask = pad[:, None, None, :].expand(-1, 1, L, L)
     if causal:
-        i = torch.arange(L)
-        mask = mask & ((i[None, :] // block) <= (i[:, None] // block))
+        mask = mask & causal_mask(block, L)
     out = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)
     out.backward(do.bfloat16())
     got = [out.detach(), qb.grad, kb.grad, vb.grad]
@@ -168,7 +168,7 @@ def test_single_process_is_plain_attention():
     assert torch.equal(gather_sequence(shard_sequence(q, dim=2), dim=2), q)
 
 
-@pytest.mark.parametrize("causal,block", [(False, 1), (True, 1), (True, 7)])
+@pytest.mark.parametrize("causal,block", [(False, 1), (True, 1), (True, 7), (True, RAGGED)])
 @pytest.mark.parametrize("piece", [DEFAULT_PIECE, 16])
 def test_attention_rows_match_float64_reference(causal, block, piece, monkeypatch):
     """Query chunks at any offset against all keys (the temporal model's one-rank inference)
@@ -182,8 +182,9 @@ def test_attention_rows_match_float64_reference(causal, block, piece, monkeypatc
     ref = reference(q, k, v, do, pad, causal, block)[0]
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
         for start, n in ((0, 64), (64, 100), (250, 51), (0, 301)):
+            rule = {"frames": frame_ids(block, 301)} if block == RAGGED else {"causal_block": block}
             got = attention_rows(q[:, :, start : start + n].to(dtype), k.to(dtype), v.to(dtype), start,
-                                 causal=causal, causal_block=block, key_padding_mask=pad)
+                                 causal=causal, key_padding_mask=pad, **rule)
             assert got.dtype == dtype
             assert (got.double() - ref[:, :, start : start + n]).abs().max() <= tol, (dtype, start)
     with pytest.raises(ValueError, match="does not fit"):
@@ -223,6 +224,10 @@ def test_bad_arguments_name_the_argument():
         ring_attention(q, q, q, causal=True, causal_block=0)
     with pytest.raises(ValueError, match="key_padding_mask"):
         ring_attention(q, q, q, key_padding_mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="frames must be an integer tensor of the global length"):
+        ring_attention(q, q, q, causal=True, frames=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="frames must be nondecreasing"):
+        ring_attention(q, q, q, causal=True, frames=torch.tensor([0, 1, 1, 0]))
     from videoring.ring.layout import _pieces
 
     with pytest.raises(ValueError, match="pad the end"):

@@ -29,6 +29,10 @@ the key's age. This is the long-range path ``arrive`` vs ``return``
 needs, and it runs through :func:`ring_attention` like every layer, so it sees
 the whole video (or, in the ``window_s`` ablation, only its window).
 
+Training (one video at one rank) drops the key-padded tokens, empty actor slots
+and padded frames, and attends by each token's frame (``ring_attention(...,
+frames=)``; :func:`real_positions`): the same attention on about half the pairs.
+
 Output: every token's embedding and, per time step, the output of the frame's
 CLS slot.
 """
@@ -105,13 +109,16 @@ class Block(nn.Module):
         hidden = int(d * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
 
-    def forward(self, x: Tensor, kpm: Tensor | None, causal: bool, block: int, layout: str, group) -> Tensor:
+    def forward(self, x: Tensor, kpm: Tensor | None, causal: bool, block: int, layout: str, group,
+                frames: Tensor | None = None) -> Tensor:
+        """``frames``: each token's frame (a compacted sequence), else frame = position // ``block``."""
         B, S, d = x.shape
         if not torch.is_grad_enabled() and S > TOKEN_CHUNK and world_of(group)[1] == 1:
-            return self._rows(x, kpm, causal, block)
+            return self._rows(x, kpm, causal, block, frames)
         qkv = tokenwise(lambda c: self.qkv(self.norm1(c)), x, 1)
         q, k, v = qkv.view(B, S, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = ring_attention(q, k, v, causal=causal, causal_block=block, key_padding_mask=kpm, layout=layout, group=group)
+        a = ring_attention(q, k, v, causal=causal, causal_block=block, key_padding_mask=kpm, layout=layout, group=group,
+                           frames=frames)
         del qkv, q, k, v
         if torch.is_grad_enabled():
             x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, S, d)))
@@ -124,7 +131,7 @@ class Block(nn.Module):
             c += self.mlp(self.norm2(c))
         return x
 
-    def _rows(self, x: Tensor, kpm: Tensor | None, causal: bool, block: int) -> Tensor:
+    def _rows(self, x: Tensor, kpm: Tensor | None, causal: bool, block: int, frames: Tensor | None) -> Tensor:
         """Inference at one rank, in query chunks: K/V of every token once, then per chunk its
         queries, attention, projection and MLP, updating x in place (K/V were taken before any
         update, and a chunk's queries come from its own, not yet updated, rows). Holds the whole
@@ -139,7 +146,7 @@ class Block(nn.Module):
             c = x[:, i : i + TOKEN_CHUNK]
             n = c.shape[1]
             q = F.linear(self.norm1(c), wq, bq).view(B, n, h, hd).transpose(1, 2)
-            a = attention_rows(q, k, v, i, causal=causal, causal_block=block, key_padding_mask=kpm)
+            a = attention_rows(q, k, v, i, causal=causal, causal_block=block, key_padding_mask=kpm, frames=frames)
             c += self.proj(a.transpose(1, 2).reshape(B, n, d))
             c += self.mlp(self.norm2(c))
         return x
@@ -182,31 +189,41 @@ class Recall(nn.Module):
 
     def forward(self, looks: Tensor, times: Tensor, mask: Tensor, group=None, layout: str = "contiguous") -> Tensor:
         """looks (B, F, A, look_dim [+ 1]) in [0, 1] (with ``height``: then the height), times
-        (B, F), mask (B, F, A) -> (B, F, A, heads)."""
+        (B, F), mask (B, F, A) -> (B, F, A, heads); 0 where ``mask`` is False in training."""
         B, Fr, A, _ = looks.shape
-        t = times.float().unsqueeze(-1).expand(B, Fr, A).reshape(B, 1, Fr * A)
+        ts = times.unsqueeze(-1).expand(B, Fr, A).reshape(B, Fr * A)  # seconds, float64 from the pipeline
+        # frame-causal over the actor tokens (A per frame): only the past (and the same frame) is recalled
+        keep = real_positions(mask, group)
+        if keep is None:
+            rule = {"causal_block": A, "key_padding_mask": mask.reshape(B, Fr * A)}
+        else:
+            looks, ts = looks.flatten(1, 2)[:, keep], ts[:, keep]
+            rule = {"frames": keep // A}
+        N = ts.shape[1]
+        t = ts.float().reshape(B, 1, N)
         temps = (self.log_temp.reshape(-1) / 2).exp()
         outs = []
         for h in range(self.heads):  # a head at a time: the hour's fp32 q/k/v of one head are ~17 MB at 2 fps
             # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
             # at inference a chunk of frames at a time
             z = tokenwise(lambda c: self.embed(c)[..., h, :], looks, 1, max(1, TOKEN_CHUNK // A))
-            q = z.reshape(B, 1, Fr * A, -1) * temps[h]
+            q = z.reshape(B, 1, N, -1) * temps[h]
             k = q
             v = torch.zeros_like(q)
             v[..., 0] = t / self.TIME_UNIT_S
             if self.tilt is not None:
                 # one more channel: q.k gains -tilt * key time, i.e. tilt per TILT_UNIT_S of a key's age
                 # (the query's own time is the same for all its keys: the softmax drops it)
-                q = torch.cat([q, (-self.tilt[h]).expand(B, 1, Fr * A, 1)], -1)
+                q = torch.cat([q, (-self.tilt[h]).expand(B, 1, N, 1)], -1)
                 k = torch.cat([k, (t / self.TILT_UNIT_S).unsqueeze(-1)], -1)
                 v = torch.cat([v, torch.zeros_like(v[..., :1])], -1)
-            # frame-causal over the actor tokens (A per frame): only the past (and the same frame) is recalled
-            mean_t = ring_attention(q, k, v, causal=True, causal_block=A, key_padding_mask=mask.reshape(B, Fr * A),
-                                    layout=layout, group=group, scale=1.0)[..., 0]
-            ago = (times.unsqueeze(-1) - mean_t.reshape(B, Fr, A).double() * self.TIME_UNIT_S).clamp_min(0)
+            mean_t = ring_attention(q, k, v, causal=True, layout=layout, group=group, scale=1.0, **rule)[..., 0]
+            ago = (ts - mean_t.reshape(B, N).double() * self.TIME_UNIT_S).clamp_min(0)
             outs.append((torch.log1p(ago) / 4).float())
-        return torch.stack(outs, -1)
+        out = torch.stack(outs, -1)
+        if keep is not None:
+            out = out.new_zeros(B, Fr * A, self.heads).index_copy(1, keep, out)
+        return out.reshape(B, Fr, A, self.heads)
 
 
 class TemporalModel(nn.Module):
@@ -299,10 +316,34 @@ class TemporalModel(nn.Module):
         B, Fr, S, d = x.shape
         x = x.reshape(B, Fr * S, d)
         kpm = kpm.reshape(B, Fr * S)
-        for blk in self.blocks:
-            x = blk(x, kpm, self.cfg.causal, S, self.cfg.layout, group)
-        x = self.norm(x).view(B, Fr, S, -1)
+        keep = real_positions(kpm, group)
+        if keep is None:
+            for blk in self.blocks:
+                x = blk(x, kpm, self.cfg.causal, S, self.cfg.layout, group)
+            x = self.norm(x)
+        else:
+            full, x, frames = x, x[:, keep], keep // S
+            for blk in self.blocks:
+                x = blk(x, None, self.cfg.causal, S, self.cfg.layout, group, frames)
+            x = full.new_zeros(B, Fr * S, d).index_copy(1, keep, self.norm(x))
+        x = x.view(B, Fr, S, -1)
         return x, x[:, :, 0]
+
+
+def real_positions(kpm: Tensor, group) -> Tensor | None:
+    """Where a sequence is compacted: the flat positions of its real tokens, or None to keep it padded.
+
+    Training (one video, at one rank) drops the key-padded tokens (empty actor slots: 59% of
+    them in the 2-fps training set) and attends by each token's frame: the same attention over
+    the same real keys, on 0.47x the main sequence's and 0.18x Recall's query-key pairs, and
+    without masks off the diagonal. The padded tokens' outputs are then 0 (nothing reads them).
+    Inference keeps the padded layout: its memory is bounded a chunk at a time (``_rows``,
+    :func:`tokenwise`), and a ring shards it by time at equal lengths.
+    """
+    if kpm.shape[0] != 1 or not torch.is_grad_enabled() or world_of(group)[1] != 1:
+        return None
+    keep = kpm.reshape(-1).nonzero().squeeze(1)
+    return keep if keep.numel() else None
 
 
 def _frames(actors, sl: slice):

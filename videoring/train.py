@@ -231,6 +231,11 @@ class TrainJob:
         log(f"prepared {video} ({len(item['times'])} steps) in {time.perf_counter() - t0:.1f} s")
         return item
 
+    def cache_paths(self) -> list[Path]:
+        """Where each of ``train.videos``' prepared inputs is (or will be) cached."""
+        key_cfg = self._cache_key()
+        return [self._cached(v, key_cfg) for v in self._videos()]
+
     def dataset(self, log=print) -> list[dict[str, torch.Tensor]]:
         """This rank's videos' model inputs, from the cache or prepared now (and cached)."""
         from safetensors.torch import load_file

@@ -1,7 +1,7 @@
 """Exact ring attention across processes (torch.distributed; gloo on CPU, NCCL on GPU).
 
     ring_attention(q, k, v, *, causal=False, causal_block=1, key_padding_mask=None,
-                   layout="contiguous", group=None) -> Tensor
+                   layout="contiguous", group=None, scale=None, frames=None) -> Tensor
     shard_sequence(x, *, dim, layout="contiguous", group=None) -> Tensor
     gather_sequence(x, *, dim, layout="contiguous", group=None) -> Tensor
     attention_rows(q, k, v, start, ...) -> Tensor   (one process, a run of query rows: chunked inference)

@@ -68,6 +68,7 @@ class _Spec:
     comm: RingComm | None  # None: attention_rows (pieces given, no ring)
     kernel: BlockKernel
     device_type: str
+    frames: Tensor | None = None  # (S_global,) frame of each position; None: position // block
 
 
 # Masked block pairs are computed in sub-blocks of at most this many tokens per
@@ -106,19 +107,20 @@ def _runs(qc, kc, spec: _Spec, padded: bool):
     Not cut: the aligned diagonal of plain causal attention without padding, which
     the kernel's own causal path computes unmasked in one call.
     """
-    rel = relation(qc, kc, spec.causal, spec.block)
-    own_causal = spec.block == 1 and qc[1:] == kc[1:] and not padded
+    rel = relation(qc, kc, spec.causal, spec.block, spec.frames)
+    own_causal = spec.block == 1 and spec.frames is None and qc[1:] == kc[1:] and not padded
     piece = PIECE if spec.device_type == "cpu" else PIECE_CUDA
     if rel != "partial" or own_causal or max(qc[2], kc[2]) <= piece:
         if rel != "none":
             yield qc, kc, rel
         return
-    n = max(spec.block, piece // spec.block * spec.block)
+    # sub-blocks of whole frames (given frames, any cut works: the mask is per position)
+    n = piece if spec.frames is not None else max(spec.block, piece // spec.block * spec.block)
     ksubs = _split(kc, n)
     for qs in _split(qc, n):
         run = None
         for ks in ksubs:
-            r = relation(qs, ks, spec.causal, spec.block)
+            r = relation(qs, ks, spec.causal, spec.block, spec.frames)
             if r == "full" and run is not None:
                 run = (run[0], run[1], run[2] + ks[2])
                 continue
@@ -153,10 +155,10 @@ def _pairs(spec: _Spec, qchunks, kchunks, kpad: Tensor | None, device):
                         pad = None
                 mask, causal_flag = None, False
                 if rel == "partial":
-                    if spec.block == 1 and qc[1] == kc[1] and qc[2] == kc[2] and pad is None:
+                    if spec.block == 1 and spec.frames is None and qc[1] == kc[1] and qc[2] == kc[2] and pad is None:
                         causal_flag = True  # the aligned diagonal: the kernel's own causal path
                     else:
-                        mask = block_mask(qc, kc, spec.block, device)
+                        mask = block_mask(qc, kc, spec.block, device, spec.frames)
                 if pad is not None:
                     pm = pad[:, None, None, :]
                     mask = pm if mask is None else (mask & pm)
@@ -379,6 +381,18 @@ def _check_causal_block(causal_block) -> None:
         raise ValueError(f"causal_block: got {causal_block!r}; use an integer >= 1 (tokens per frame)")
 
 
+def _check_frames(frames: Tensor | None, total: int) -> Tensor | None:
+    """``frames`` as a CPU int64 tensor of length ``total`` (the global sequence), nondecreasing."""
+    if frames is None:
+        return None
+    if frames.dim() != 1 or frames.shape[0] != total or frames.dtype.is_floating_point or frames.dtype == torch.bool:
+        raise ValueError(f"frames must be an integer tensor of the global length ({total},); got {frames.dtype} {tuple(frames.shape)}")
+    frames = frames.to("cpu", torch.int64)
+    if total > 1 and bool((frames[1:] < frames[:-1]).any()):
+        raise ValueError("frames must be nondecreasing along the sequence (tokens in time order)")
+    return frames
+
+
 def ring_attention(
     q: Tensor,
     k: Tensor,
@@ -390,6 +404,7 @@ def ring_attention(
     layout: str = "contiguous",
     group=None,
     scale: float | None = None,
+    frames: Tensor | None = None,
 ) -> Tensor:
     """Exact attention over the sequence sharded across the ranks of ``group``.
 
@@ -397,6 +412,9 @@ def ring_attention(
         q, k, v: this rank's shard, (B, H, S_local, D); the same S_local on every rank.
         causal: token i attends to token j iff ``j // causal_block <= i // causal_block``
             (global positions); ``causal_block`` = tokens per frame gives frame-causal attention.
+        frames: with ``causal``, instead of ``causal_block``: (S_global,) the frame of every global
+            position, nondecreasing; token i attends to token j iff ``frames[j] <= frames[i]``.
+            For frames of different token counts (the sequence without its empty actor slots).
         key_padding_mask: (B, S_local) bool, True for a real token (pad the end of uneven sequences).
         layout: "contiguous" (rank r holds [r*S_local, (r+1)*S_local)) or "zigzag"
             (chunks r and 2W-1-r of 2W; balances causal work).
@@ -421,7 +439,9 @@ def ring_attention(
         m = key_padding_mask.to(q.device)
         # masks are tiny (B x S_local bools): gathered once so each block knows its keys' padding
         pads_packed = torch.stack(comm.all_gather(m.to(torch.uint8))).bool() if comm.world > 1 else m.unsqueeze(0)
-    spec = _Spec(causal, causal_block if causal else 1, layout, scale if scale is not None else D ** -0.5, comm, get_kernel(q.device, q.dtype), q.device.type)
+    frames = _check_frames(frames, S * comm.world) if causal else None
+    spec = _Spec(causal, causal_block if causal else 1, layout, scale if scale is not None else D ** -0.5, comm,
+                 get_kernel(q.device, q.dtype), q.device.type, frames)
     return _RingAttention.apply(q, k, v, pads_packed, spec)
 
 
@@ -436,13 +456,15 @@ def attention_rows(
     causal_block: int = 1,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
+    frames: Tensor | None = None,
 ) -> Tensor:
     """Exact attention, in one process, of the queries at positions [start, start + Sq) against
     all keys [0, Sk): the same pieces, kernels, masks and fp32 merge as :func:`ring_attention`.
 
     For inference in query chunks at one rank: only the whole K/V is then held, not the whole
     Q and output (the temporal model over the hour's 39,600 tokens: 40 MB less per layer).
-    q (B, H, Sq, D); k, v (B, H, Sk, D); key_padding_mask (B, Sk) bool, True = real. No autograd.
+    q (B, H, Sq, D); k, v (B, H, Sk, D); key_padding_mask (B, Sk) bool, True = real;
+    ``frames`` (Sk,) as in :func:`ring_attention`. No autograd.
     """
     _check_causal_block(causal_block)
     B, H, Sq, D = q.shape
@@ -453,7 +475,7 @@ def attention_rows(
         raise ValueError(f"key_padding_mask must be bool (B, Sk)=({B}, {Sk}); got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
     # comm=None: no ring here, the pieces are given directly
     spec = _Spec(causal, causal_block if causal else 1, "contiguous", scale if scale is not None else D ** -0.5,
-                 None, get_kernel(q.device, q.dtype), q.device.type)
+                 None, get_kernel(q.device, q.dtype), q.device.type, _check_frames(frames, Sk) if causal else None)
     out, lse = _accumulators(q)
     pad = None if key_padding_mask is None else key_padding_mask.to(q.device)
     _accumulate(q, k, v, out, lse, _pairs(spec, [(0, start, Sq)], [(0, 0, Sk)], pad, q.device), spec)

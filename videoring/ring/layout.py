@@ -38,23 +38,36 @@ def chunks_of(rank: int, world: int, s_local: int, layout: str) -> list[tuple[in
     return [(0, rank * c, c), (c, (2 * world - 1 - rank) * c, c)]
 
 
-def relation(q: tuple[int, int, int], k: tuple[int, int, int], causal: bool, block: int) -> str:
-    """'full', 'none' or 'partial' for query piece q and key piece k (frame-block causal)."""
+def _frame_span(start: int, length: int, block: int, frames: Tensor | None) -> tuple[int, int]:
+    """The frames of the first and the last of global positions [start, start + length)."""
+    if frames is None:
+        return start // block, (start + length - 1) // block
+    return int(frames[start]), int(frames[start + length - 1])
+
+
+def relation(q: tuple[int, int, int], k: tuple[int, int, int], causal: bool, block: int,
+             frames: Tensor | None = None) -> str:
+    """'full', 'none' or 'partial' for query piece q and key piece k (frame-causal: a
+    position's frame is ``position // block``, or ``frames[position]`` when given)."""
     if not causal:
         return "full"
-    _, qs, ql = q
-    _, ks, kl = k
-    if ks // block > (qs + ql - 1) // block:
+    q0, q1 = _frame_span(q[1], q[2], block, frames)
+    k0, k1 = _frame_span(k[1], k[2], block, frames)
+    if k0 > q1:
         return "none"  # every key is in a later frame than every query
-    if (ks + kl - 1) // block <= qs // block:
+    if k1 <= q0:
         return "full"
     return "partial"
 
 
-def block_mask(q: tuple[int, int, int], k: tuple[int, int, int], block: int, device) -> Tensor:
-    """(Sq, Sk) bool: key j visible to query i iff j // block <= i // block (global positions)."""
+def block_mask(q: tuple[int, int, int], k: tuple[int, int, int], block: int, device,
+               frames: Tensor | None = None) -> Tensor:
+    """(Sq, Sk) bool: key j visible to query i iff frame(j) <= frame(i) (global positions; a
+    position's frame is ``position // block``, or ``frames[position]`` when given)."""
     _, qs, ql = q
     _, ks, kl = k
+    if frames is not None:
+        return frames[ks : ks + kl].to(device).unsqueeze(0) <= frames[qs : qs + ql].to(device).unsqueeze(1)
     qi = (torch.arange(qs, qs + ql, device=device) // block).unsqueeze(1)
     kj = (torch.arange(ks, ks + kl, device=device) // block).unsqueeze(0)
     return kj <= qi
