@@ -193,9 +193,10 @@ def test_cache_reuses_finished_blocks_after_an_interrupted_run(clip, tmp_path):
 def test_chunked_inference_equals_whole_sequence(causal, look, height, monkeypatch):
     """At inference the temporal model embeds and attends a chunk of tokens at a time
     (one rank: query chunks against the whole K/V, residuals updated in place); the
-    outputs equal the training-mode pass over the whole sequence at once (which drops the
-    padded tokens and attends by frame), and fp16 actor features are read as fp32. Real
-    tokens and frames are compared: nothing reads a padded one's output."""
+    outputs equal the training-mode pass over the whole sequence at once, and fp16 actor
+    features are read as fp32. Both drop the padded tokens and attend by frame; so does the
+    padded inference layout (a ring's) run at one rank. Real tokens and frames are
+    compared: nothing reads a padded one's output (0 where compacted)."""
     import videoring.temporal as T
 
     torch.manual_seed(0)
@@ -214,10 +215,14 @@ def test_chunked_inference_equals_whole_sequence(causal, look, height, monkeypat
     monkeypatch.setattr(T, "TOKEN_CHUNK", 128)  # 1,500 tokens: 12 chunks, a partial last one
     with torch.inference_mode():
         got, got_step = model(tok, ts, fm, None, act, am)
+        monkeypatch.setattr(T, "real_positions", lambda *a: None)
+        pad, pad_step = model(tok, ts, fm, None, act, am)
     real = torch.cat([fm[:, :, None].expand(1, Fr, 3), am & fm[:, :, None]], 2)
-    assert (got - want.detach())[real].abs().max() < 1e-5
-    assert (got_step - want_step.detach())[fm].abs().max() < 1e-5
-    assert not want.detach()[~real].any()  # the training pass compacted the padded tokens away
+    for x, step in ((got, got_step), (pad, pad_step)):
+        assert (x - want.detach())[real].abs().max() < 1e-5
+        assert (step - want_step.detach())[fm].abs().max() < 1e-5
+    assert not want.detach()[~real].any() and not got[~real].any()  # compacted: the padded tokens dropped
+    assert pad[~real].abs().min() > 0  # the padded layout computes them
 
 
 @pytest.mark.parametrize("causal", [True, False])

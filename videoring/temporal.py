@@ -29,9 +29,10 @@ the key's age. This is the long-range path ``arrive`` vs ``return``
 needs, and it runs through :func:`ring_attention` like every layer, so it sees
 the whole video (or, in the ``window_s`` ablation, only its window).
 
-Training (one video at one rank) drops the key-padded tokens, empty actor slots
-and padded frames, and attends by each token's frame (``ring_attention(...,
-frames=)``; :func:`real_positions`): the same attention on about half the pairs.
+One video at one rank (training, and inference without a ring) drops the
+key-padded tokens, empty actor slots and padded frames, and attends by each
+token's frame (``ring_attention(..., frames=)``; :func:`real_positions`): the
+same attention on about half the pairs.
 
 Output: every token's embedding and, per time step, the output of the frame's
 CLS slot.
@@ -189,7 +190,7 @@ class Recall(nn.Module):
 
     def forward(self, looks: Tensor, times: Tensor, mask: Tensor, group=None, layout: str = "contiguous") -> Tensor:
         """looks (B, F, A, look_dim [+ 1]) in [0, 1] (with ``height``: then the height), times
-        (B, F), mask (B, F, A) -> (B, F, A, heads); 0 where ``mask`` is False in training."""
+        (B, F), mask (B, F, A) -> (B, F, A, heads); 0 where ``mask`` is False when compacted (:func:`real_positions`)."""
         B, Fr, A, _ = looks.shape
         ts = times.unsqueeze(-1).expand(B, Fr, A).reshape(B, Fr * A)  # seconds, float64 from the pipeline
         # frame-causal over the actor tokens (A per frame): only the past (and the same frame) is recalled
@@ -320,12 +321,16 @@ class TemporalModel(nn.Module):
         if keep is None:
             for blk in self.blocks:
                 x = blk(x, kpm, self.cfg.causal, S, self.cfg.layout, group)
-            x = self.norm(x)
+            x = tokenwise(self.norm, x, 1)
         else:
             full, x, frames = x, x[:, keep], keep // S
             for blk in self.blocks:
                 x = blk(x, None, self.cfg.causal, S, self.cfg.layout, group, frames)
-            x = full.new_zeros(B, Fr * S, d).index_copy(1, keep, self.norm(x))
+            x = tokenwise(self.norm, x, 1)
+            if torch.is_grad_enabled():
+                x = full.new_zeros(B, Fr * S, d).index_copy(1, keep, x)
+            else:  # inference: back into the padded input's own memory (no second padded tensor)
+                x = full.zero_().index_copy_(1, keep, x)
         x = x.view(B, Fr, S, -1)
         return x, x[:, :, 0]
 
@@ -333,14 +338,14 @@ class TemporalModel(nn.Module):
 def real_positions(kpm: Tensor, group) -> Tensor | None:
     """Where a sequence is compacted: the flat positions of its real tokens, or None to keep it padded.
 
-    Training (one video, at one rank) drops the key-padded tokens (empty actor slots: 59% of
-    them in the 2-fps training set) and attends by each token's frame: the same attention over
-    the same real keys, on 0.47x the main sequence's and 0.18x Recall's query-key pairs, and
-    without masks off the diagonal. The padded tokens' outputs are then 0 (nothing reads them).
-    Inference keeps the padded layout: its memory is bounded a chunk at a time (``_rows``,
-    :func:`tokenwise`), and a ring shards it by time at equal lengths.
+    One video at one rank (training, and inference with ``--nproc 1``) drops the key-padded
+    tokens (empty actor slots: 59% of them in the 2-fps training set) and attends by each
+    token's frame: the same attention over the same real keys, on 0.47x the main sequence's
+    and 0.18x Recall's query-key pairs, and without masks off the diagonal. The padded tokens'
+    outputs are then 0 (nothing reads them). A ring (W > 1) keeps the padded layout: it shards
+    the sequence by time at equal lengths; so does a batch of several videos.
     """
-    if kpm.shape[0] != 1 or not torch.is_grad_enabled() or world_of(group)[1] != 1:
+    if kpm.shape[0] != 1 or world_of(group)[1] != 1:
         return None
     keep = kpm.reshape(-1).nonzero().squeeze(1)
     return keep if keep.numel() else None
