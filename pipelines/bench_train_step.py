@@ -34,23 +34,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 WAYS = ("padded", "compact")
 
 
-def worker(path: str, way: str, threads: int, config: str, overrides: list[str]) -> None:
+def _setup(path: str, way: str, threads: int, config: str, overrides: list[str]):
+    """(config, cached item, model at the recipe's seed) for one way, in this fresh process."""
     import timm
     import torch
     from safetensors.torch import load_file
 
     import videoring.temporal as T
     from videoring.actions import ActionModel
-    from videoring.train import _loss, load_train_config
+    from videoring.train import load_train_config
 
     torch.set_num_threads(threads)
     cfg = load_train_config(config, overrides)
     item = load_file(path)
     dim = timm.create_model(cfg.encoder.name, pretrained=False, num_classes=0).num_features
     torch.manual_seed(cfg.seed)
-    model = ActionModel(cfg, dim, cfg.encoder.tokens_per_frame).train()
+    model = ActionModel(cfg, dim, cfg.encoder.tokens_per_frame)
     if way == "padded":
         T.real_positions = lambda *a: None
+    return cfg, item, model
+
+
+def worker(path: str, way: str, threads: int, config: str, overrides: list[str]) -> None:
+    from videoring.train import _loss
+
+    cfg, item, model = _setup(path, way, threads, config, overrides)
+    model.train()
     times = []
     for _ in range(2):
         model.zero_grad(set_to_none=True)
@@ -63,24 +72,13 @@ def worker(path: str, way: str, threads: int, config: str, overrides: list[str])
 
 
 def infer_worker(path: str, way: str, threads: int, minutes: float, config: str, overrides: list[str]) -> None:
-    import timm
     import torch
-    from safetensors.torch import load_file
 
-    import videoring.temporal as T
-    from videoring.actions import ActionModel
     from videoring.actors import ActorTokens, kin_dim
     from videoring.arena import Arena
-    from videoring.train import load_train_config
 
-    torch.set_num_threads(threads)
-    cfg = load_train_config(config, overrides)
-    item = load_file(path)
-    dim = timm.create_model(cfg.encoder.name, pretrained=False, num_classes=0).num_features
-    torch.manual_seed(cfg.seed)
-    model = ActionModel(cfg, dim, cfg.encoder.tokens_per_frame).eval()
-    if way == "padded":
-        T.real_positions = lambda *a: None
+    cfg, item, model = _setup(path, way, threads, config, overrides)
+    model.eval()
     # the clip end to end until --minutes of video: its times shifted by its length each time
     ts, n = item["times"], len(item["times"])
     period = float(ts[-1] - ts[0]) + float(ts[1] - ts[0])
