@@ -334,30 +334,28 @@ def test_actor_tokens_equal_their_padded_tensor():
     assert torch.equal(x1, x2) and torch.equal(k1, k2)
 
 
-@pytest.mark.parametrize("tilt, similarity", [(False, False), (True, False), (False, True)])
-def test_recall_sharded_equals_single_process(tilt, similarity):
+@pytest.mark.parametrize("tilt", [False, True])
+def test_recall_sharded_equals_single_process(tilt):
     """Recall's attention over the actor tokens is a ring attention like every layer: W = 2, 3
     give the outputs and gradients of W = 1, in both layouts; a look-alike that returns
     recalls its first visit, an actor seen only now recalls (almost) nothing. With ``tilt``:
-    two heads, the second tilted towards older looks. With ``similarity``: each head's
-    similarity number too (its gradient through the attention's values)."""
+    two heads, the second tilted towards older looks."""
     from .engine_jobs import recall_on_ranks
 
     # outputs are log1p(seconds ago) / 4 from fp32 softmax merges in another order: scores of
     # temperature ~20 carry ~20 x 2^-24 relative rounding into each weight (1e-5 here ~ 4e-5 s)
-    # the similarity number is temperature / 4 (~5) times a cosine merged in fp32 the same way
-    atol = 2e-5 if tilt or similarity else 1e-5
+    atol = 2e-5 if tilt else 1e-5
     for layout in ("contiguous", "zigzag"):
-        ref, gref, mask = run_world(recall_on_ranks, 1, layout, tilt, similarity)[0]
+        ref, gref, mask = run_world(recall_on_ranks, 1, layout, tilt)[0]
         ref = {f: torch.as_tensor(o) for f, o in ref.items()}
         gref, mask = torch.as_tensor(gref), torch.as_tensor(mask)
         for world in (2, 3):
-            parts = run_world(recall_on_ranks, world, layout, tilt, similarity)
+            parts = run_world(recall_on_ranks, world, layout, tilt)
             got = {f: torch.as_tensor(o) for p in parts for f, o in p[0].items()}
             assert sorted(got) == list(range(23))
             for f in range(23):
                 m = mask[f]  # absent actors' outputs are never read
-                assert torch.allclose(got[f][m], ref[f][m], rtol=0, atol=atol), (layout, world, f, (got[f][m] - ref[f][m]).abs().max())
+                assert torch.allclose(got[f][m], ref[f][m], rtol=0, atol=atol), (layout, world, f)
             assert (torch.as_tensor(parts[0][1]) - gref).abs().max() <= 1e-5
         ago = lambda f, a, h=0: float(torch.expm1(ref[f][a, h] * 4))  # noqa: E731
         assert ago(15, 1) > 5.0  # back at 22.5 s; first seen at 3 s (the mean with its own token: ~10 s)
@@ -409,39 +407,3 @@ def test_recall_heads_and_tilt_equal_a_float64_reference():
             one.proj.bias.copy_(model.proj.bias[8 * h:8 * (h + 1)])
             one.log_temp.copy_(model.log_temp[h])
         assert (ago(one(looks, times, mask)[..., 0]) - ago(several[..., h]))[mask].abs().max() < 1e-3, h
-
-
-def test_recall_similarity_equals_a_float64_reference():
-    """With ``similarity``, each head's second number is its temperature x (1 - the cosine of the
-    token's embedding to the softmax-weighted mean of the recalled ones), in float64 as written
-    out here; the first numbers are those of the same Recall without it."""
-    from videoring.temporal import Recall
-
-    torch.manual_seed(1)
-    T, A, H, L = 15, 3, 2, 9
-    model = Recall(L, dim=8, heads=H, tilt=True, similarity=True)
-    with torch.no_grad():
-        model.tilt.copy_(torch.tensor([0.3, -0.2]))
-        model.log_temp.copy_(torch.tensor([2.0, 1.0]))  # cosines far from 1: the clamp at 20 stays out of it
-    looks = torch.rand(1, T, A, L)
-    times = (torch.arange(T, dtype=torch.float64) * 23.0 + 2.0)[None]
-    mask = torch.rand(1, T, A) < 0.8
-    mask[0, 0, 0] = True
-    out = model(looks, times, mask)[0].double()
-    assert out.shape == (T, A, 2 * H)
-    plain = Recall(L, dim=8, heads=H, tilt=True)
-    plain.load_state_dict(model.state_dict())
-    assert torch.allclose(out[..., 0::2], plain(looks, times, mask)[0].double(), atol=1e-6)
-
-    z = model.embed(looks[0]).double()
-    t = times[0][:, None].expand(T, A).reshape(-1)
-    frame = torch.arange(T)[:, None].expand(T, A).reshape(-1)
-    m = mask.reshape(-1)
-    for h in range(H):
-        zh = z[:, :, h].reshape(T * A, -1)
-        temp = model.log_temp[h].double().exp()
-        s = temp * zh @ zh.T - model.tilt[h].double() * t[None] / Recall.TILT_UNIT_S
-        s = s.masked_fill(~m[None] | (frame[None] > frame[:, None]), float("-inf"))
-        cos = ((torch.softmax(s, -1) @ zh) * zh).sum(-1)
-        want = (temp * (1 - cos)).clamp(0, 20) / 4
-        assert (out[..., 2 * h + 1].reshape(-1) - want)[m].abs().max() < 1e-4, h

@@ -80,8 +80,7 @@ class ActionModel(nn.Module):
         actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
                                       look=slice(roi_dim, roi_dim + look), height=roi_dim + look + KIN_HEIGHT if a.recall_shape else None,
-                                      recall_heads=a.recall_heads, recall_tilt=a.recall_tilt,
-                                      recall_similarity=a.recall_similarity)
+                                      recall_heads=a.recall_heads, recall_tilt=a.recall_tilt)
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)
@@ -126,7 +125,7 @@ def save_model(model: ActionModel, path: str | Path, meta: dict) -> None:
                   metadata={"videoring": json.dumps(meta)})
 
 
-_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt", "recall_similarity")  # settings that shape the actor tokens or Recall
+_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt")  # settings that shape the actor tokens or Recall
 
 
 def load_model(model: ActionModel, path: str | Path) -> dict:

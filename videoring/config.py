@@ -218,11 +218,6 @@ class ActionConfig:
     """Each Recall head also learns a bias per second of a key's age (init 0: none), weighing
     older or newer look-alikes above the others at equal similarity; trained, every head came
     to prefer newer ones. A model trained with it is loaded with it."""
-    recall_similarity: bool = False
-    """Each Recall head also gives how alike the looks it recalls are to the token's own
-    (temperature x (1 - cosine to their weighted mean)): the mean time alone is swayed by how
-    many tokens a look-alike left, and arrivals after a look-alike seen for minutes are read as
-    returns. A model trained with it is loaded with it."""
     nms_iou: float = 0.5
     """Temporal NMS (tIoU above which the lower-scoring segment goes) among same-label segments
     of the labels in ``nms_labels``."""

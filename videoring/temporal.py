@@ -159,21 +159,16 @@ class Recall(nn.Module):
     TIME_UNIT_S = 1000.0  # timestamps enter the attention value in this unit (fp32: ~2 ms at 6 h)
     TILT_UNIT_S = 100.0  # and the tilt's key channel in this one: a tilt of 1 weighs a look 100 s older e times more
 
-    def __init__(self, look_dim: int, dim: int = 32, height: bool = False, heads: int = 1, tilt: bool = False,
-                 similarity: bool = False) -> None:
+    def __init__(self, look_dim: int, dim: int = 32, height: bool = False, heads: int = 1, tilt: bool = False) -> None:
         """``height``: the looks end with the box's height (a fraction of the frame's), which
         enters as 2 (log(height) + 1.6): centred on a fifth of the frame, and a build's spread
         about a thumbnail pixel's. ``heads``: independent projections and temperatures, each
         its own answer. ``tilt``: each head also learns a bias per second of a key's age (init
-        0), so it can prefer older looks over the actor's own recent tokens. ``similarity``: each
-        head also says how alike the recalled looks are to the token's own: temperature x (1 -
-        cosine to their attention-weighted mean embedding), which does not grow with how many
-        tokens a look-alike left as the mean time does."""
+        0), so it can prefer older looks over the actor's own recent tokens."""
         super().__init__()
         self.height = height
         self.heads = heads
         self.dim = dim
-        self.similarity = similarity
         self.proj = nn.Linear(look_dim + height, dim * heads)
         # one head keeps the scalar parameter of the models trained before heads existed
         t0 = math.log(20.0)
@@ -217,38 +212,27 @@ class Recall(nn.Module):
             k = q
             v = torch.zeros_like(q)
             v[..., 0] = t / self.TIME_UNIT_S
-            if self.similarity:
-                # the recalled embeddings' weighted mean rides along: q.(mean z) is the weighted cosine
-                v = torch.cat([v[..., :1], z.reshape(B, 1, N, -1).to(v.dtype)], -1)
-                q = k = torch.cat([q, torch.zeros_like(q[..., :1])], -1)  # the kernel wants v's width
             if self.tilt is not None:
                 # one more channel: q.k gains -tilt * key time, i.e. tilt per TILT_UNIT_S of a key's age
                 # (the query's own time is the same for all its keys: the softmax drops it)
                 q = torch.cat([q, (-self.tilt[h]).expand(B, 1, N, 1)], -1)
                 k = torch.cat([k, (t / self.TILT_UNIT_S).unsqueeze(-1)], -1)
                 v = torch.cat([v, torch.zeros_like(v[..., :1])], -1)
-            o = ring_attention(q, k, v, causal=True, layout=layout, group=group, scale=1.0, **rule)
-            ago = (ts - o[..., 0].reshape(B, N).double() * self.TIME_UNIT_S).clamp_min(0)
+            mean_t = ring_attention(q, k, v, causal=True, layout=layout, group=group, scale=1.0, **rule)[..., 0]
+            ago = (ts - mean_t.reshape(B, N).double() * self.TIME_UNIT_S).clamp_min(0)
             outs.append((torch.log1p(ago) / 4).float())
-            if self.similarity:
-                # a look-alike seen for minutes outweighs an arrival's few own tokens in the mean
-                # time; how far the recalled mean is from the token's own look does not count tokens
-                cos = (z.reshape(B, N, -1).float() * o[:, 0, :, 1 : 1 + self.dim].float()).sum(-1)
-                outs.append((temps[h] ** 2 * (1 - cos)).clamp(0, 20) / 4)
         out = torch.stack(outs, -1)
-        n = out.shape[-1]
         if keep is not None:
-            out = out.new_zeros(B, Fr * A, n).index_copy(1, keep, out)
-        return out.reshape(B, Fr, A, n)
+            out = out.new_zeros(B, Fr * A, self.heads).index_copy(1, keep, out)
+        return out.reshape(B, Fr, A, self.heads)
 
 
 class TemporalModel(nn.Module):
     def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0,
-                 look: slice | None = None, height: int | None = None, recall_heads: int = 1, recall_tilt: bool = False,
-                 recall_similarity: bool = False) -> None:
+                 look: slice | None = None, height: int | None = None, recall_heads: int = 1, recall_tilt: bool = False) -> None:
         """``look``: where the thumbnail sits in an actor token's features (enables :class:`Recall`);
         ``height``: where the box's height sits, for Recall to compare too; ``recall_heads`` and
-        ``recall_tilt``: :class:`Recall`'s ``heads`` and ``tilt``; ``recall_similarity``: its ``similarity``."""
+        ``recall_tilt``: :class:`Recall`'s ``heads`` and ``tilt``."""
         super().__init__()
         self.cfg = cfg
         self.P = tokens_per_frame
@@ -259,9 +243,8 @@ class TemporalModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         if max_actors:
             if look is not None:
-                self.recall = Recall(look.stop - look.start, height=height is not None, heads=recall_heads, tilt=recall_tilt,
-                                     similarity=recall_similarity)
-                actor_dim += recall_heads * (2 if recall_similarity else 1)
+                self.recall = Recall(look.stop - look.start, height=height is not None, heads=recall_heads, tilt=recall_tilt)
+                actor_dim += recall_heads
             self.actor_proj = nn.Sequential(nn.LayerNorm(actor_dim), nn.Linear(actor_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.type_emb = nn.Embedding(2, cfg.dim)
         self.slot_emb = nn.Embedding(tokens_per_frame, cfg.dim)
