@@ -43,15 +43,15 @@ def disagreeing_ranks(rank, world, video):
     return "no error"
 
 
-def recall_on_ranks(rank, world, layout, tilt=False):
+def recall_on_ranks(rank, world, layout, tilt=False, lag_s=0.0):
     """Recall (videoring.temporal) over this rank's frames of one fixed problem; returns
     {frame: output} and the summed gradient of its projection (and tilt: with ``tilt``, two
-    heads, one untilted, one tilted towards older looks)."""
+    heads, one untilted, one tilted towards older looks; with ``lag_s``, the lagged numbers too)."""
     from videoring.engine import frame_pieces
     from videoring.temporal import Recall
 
     torch.manual_seed(0)
-    model = Recall(12, heads=2 if tilt else 1, tilt=tilt)
+    model = Recall(12, heads=2 if tilt else 1, tilt=tilt, lag_s=lag_s)
     if tilt:
         with torch.no_grad():  # the same head twice but for the tilt
             model.proj.weight[32:] = model.proj.weight[:32]

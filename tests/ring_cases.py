@@ -42,9 +42,19 @@ def make_inputs(seed: int, B: int, H: int, total: int, D: int, world: int, layou
 RAGGED = "ragged"  # a case's block: frames of 1-6 tokens each, passed to ring_attention as ``frames``
 
 
-def frame_ids(block: int | str, L: int) -> torch.Tensor:
+def lagged(block: int | str, lag: int) -> tuple:
+    """A case's block whose keys must be at least ``lag`` frames older than their query."""
+    return ("lag", block, lag)
+
+
+def _unlag(block) -> tuple[int | str, int]:
+    return (block[1], block[2]) if isinstance(block, tuple) else (block, 0)
+
+
+def frame_ids(block: int | str | tuple, L: int) -> torch.Tensor:
     """The frame of each of L global positions: ``position // block``, or for RAGGED a seeded
     run of frames of 1 to 6 tokens (a sequence without its empty actor slots)."""
+    block, _ = _unlag(block)
     if block != RAGGED:
         return torch.arange(L) // block
     g = torch.Generator().manual_seed(L)
@@ -52,10 +62,17 @@ def frame_ids(block: int | str, L: int) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(L), sizes)[:L]
 
 
-def causal_mask(block: int | str, L: int) -> torch.Tensor:
-    """(L, L) bool: key j visible to query i iff frame(j) <= frame(i)."""
+def causal_mask(block: int | str | tuple, L: int) -> torch.Tensor:
+    """(L, L) bool: key j visible to query i iff frame(j) <= frame(i) - lag."""
     f = frame_ids(block, L)
-    return f[None, :] <= f[:, None]
+    return f[None, :] <= f[:, None] - _unlag(block)[1]
+
+
+def ring_rule(block: int | str | tuple, L: int) -> dict:
+    """ring_attention's keyword arguments for a case's block."""
+    inner, lag = _unlag(block)
+    return {"frames": frame_ids(inner, L) if inner == RAGGED else None, "causal_block": 1 if inner == RAGGED else inner,
+            "lag": lag}
 
 
 def reference(q, k, v, do, pad, causal: bool, block: int | str):
@@ -66,8 +83,9 @@ def reference(q, k, v, do, pad, causal: bool, block: int | str):
     mask = pad[:, None, None, :].expand(-1, 1, L, L)
     if causal:
         mask = mask & causal_mask(block, L)
-    s = s.masked_fill(~mask, float("-inf"))
-    out = torch.softmax(s, dim=-1) @ v
+    # a query with no visible key (a lag's first frames) gets 0: its row's weights are 0
+    s = s.masked_fill(~mask, float("-inf")).nan_to_num(neginf=-1e300)
+    out = (torch.softmax(s, dim=-1) * mask.any(-1, keepdim=True)) @ v
     out.backward(do)
     return out.detach(), q.grad, k.grad, v.grad
 
@@ -85,8 +103,7 @@ def run_case(rank, world, case):
     take = lambda t: t[:, :, pos].to(dtype).detach().clone().requires_grad_(True)
     ql, kl, vl = take(q), take(k), take(v)
     kpm = pad[:, pos] if use_pad else None
-    rule = {"frames": frame_ids(block, L)} if block == RAGGED else {"causal_block": block}
-    out = ring_attention(ql, kl, vl, causal=causal, key_padding_mask=kpm, layout=layout, **rule)
+    out = ring_attention(ql, kl, vl, causal=causal, key_padding_mask=kpm, layout=layout, **ring_rule(block, L))
     out.backward(do[:, :, pos].to(dtype))
     return pos, out.detach().double(), ql.grad.double(), kl.grad.double(), vl.grad.double()
 

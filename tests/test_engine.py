@@ -334,34 +334,44 @@ def test_actor_tokens_equal_their_padded_tensor():
     assert torch.equal(x1, x2) and torch.equal(k1, k2)
 
 
-@pytest.mark.parametrize("tilt", [False, True])
-def test_recall_sharded_equals_single_process(tilt):
+@pytest.mark.parametrize("tilt, lag_s", [(False, 0.0), (True, 0.0), (True, 4.5)])
+def test_recall_sharded_equals_single_process(tilt, lag_s):
     """Recall's attention over the actor tokens is a ring attention like every layer: W = 2, 3
     give the outputs and gradients of W = 1, in both layouts; a look-alike that returns
     recalls its first visit, an actor seen only now recalls (almost) nothing. With ``tilt``:
-    two heads, the second tilted towards older looks."""
+    two heads, the second tilted towards older looks. With ``lag_s`` (3 frames): the lagged
+    numbers too, whose first frames recall nothing."""
     from .engine_jobs import recall_on_ranks
 
     # outputs are log1p(seconds ago) / 4 from fp32 softmax merges in another order: scores of
-    # temperature ~20 carry ~20 x 2^-24 relative rounding into each weight (1e-5 here ~ 4e-5 s)
+    # temperature ~20 carry ~20 x 2^-24 relative rounding into each weight (1e-5 here ~ 4e-5 s);
+    # the lagged dissimilarity is temperature / 4 (~5) x a cosine merged in fp32 the same way
     atol = 2e-5 if tilt else 1e-5
     for layout in ("contiguous", "zigzag"):
-        ref, gref, mask = run_world(recall_on_ranks, 1, layout, tilt)[0]
+        ref, gref, mask = run_world(recall_on_ranks, 1, layout, tilt, lag_s)[0]
         ref = {f: torch.as_tensor(o) for f, o in ref.items()}
         gref, mask = torch.as_tensor(gref), torch.as_tensor(mask)
+        if lag_s:
+            assert ref[0].shape[-1] == 2 * 3 + 1
+            seen = 2  # after the two heads' numbers
+            assert (ref[2][..., seen] == 0).all() and (ref[3][mask[3], seen] == 1).all()  # keys 3 frames old from frame 3 on
         for world in (2, 3):
-            parts = run_world(recall_on_ranks, world, layout, tilt)
+            parts = run_world(recall_on_ranks, world, layout, tilt, lag_s)
             got = {f: torch.as_tensor(o) for p in parts for f, o in p[0].items()}
             assert sorted(got) == list(range(23))
             for f in range(23):
                 m = mask[f]  # absent actors' outputs are never read
                 assert torch.allclose(got[f][m], ref[f][m], rtol=0, atol=atol), (layout, world, f)
-            assert (torch.as_tensor(parts[0][1]) - gref).abs().max() <= 1e-5
+            # fp32 gradients, relative to their size (the lagged dissimilarity's are ~5, the times' < 1)
+            assert (torch.as_tensor(parts[0][1]) - gref).abs().max() <= 1e-5 * max(1.0, float(gref.abs().max()))
         ago = lambda f, a, h=0: float(torch.expm1(ref[f][a, h] * 4))  # noqa: E731
         assert ago(15, 1) > 5.0  # back at 22.5 s; first seen at 3 s (the mean with its own token: ~10 s)
         assert ago(2, 0) < 2.0  # first seen now
         if tilt:
             assert ago(15, 1, 1) > ago(15, 1)  # the tilted head weighs the first visit more
+        if lag_s:  # head 0's lagged dissimilarity: the returning look-alike is nearer what it recalls than a newcomer
+            far = 4  # seen, then head 0's lagged time and dissimilarity
+            assert float(ref[15][1, far]) < min(float(ref[f][a, far]) for f in range(3, 15) for a in range(3) if mask[f, a])
 
 
 def test_recall_heads_and_tilt_equal_a_float64_reference():
@@ -407,3 +417,49 @@ def test_recall_heads_and_tilt_equal_a_float64_reference():
             one.proj.bias.copy_(model.proj.bias[8 * h:8 * (h + 1)])
             one.log_temp.copy_(model.log_temp[h])
         assert (ago(one(looks, times, mask)[..., 0]) - ago(several[..., h]))[mask].abs().max() < 1e-3, h
+
+
+def test_recall_lag_equals_a_float64_reference():
+    """With ``lag_s``, each head also recalls only keys at least that long before the query (in
+    frames of the sampling step): whether there were any, log1p(seconds since their softmax-
+    weighted mean time) / 4, and temperature x (1 - the cosine to their weighted mean
+    embedding) / 4, as written out here in float64; the heads' own numbers are unchanged."""
+    from videoring.temporal import Recall
+
+    torch.manual_seed(1)
+    T, A, H, L, lag = 15, 3, 2, 9, 3
+    model = Recall(L, dim=8, heads=H, tilt=True, lag_s=lag * 23.0 - 5.0)  # 18 s past 2 steps of 23 s: 3 frames
+    with torch.no_grad():
+        model.tilt.copy_(torch.tensor([0.3, -0.2]))
+        model.log_temp.copy_(torch.tensor([2.0, 1.0]))  # cosines far from 1: the clamp at 20 stays out of it
+    looks = torch.rand(1, T, A, L)
+    times = (torch.arange(T, dtype=torch.float64) * 23.0 + 2.0)[None]
+    mask = torch.rand(1, T, A) < 0.8
+    mask[0, 0, 0] = True
+    out = model(looks, times, mask)[0].double()
+    assert out.shape == (T, A, 3 * H + 1)
+    plain = Recall(L, dim=8, heads=H, tilt=True)
+    plain.load_state_dict(model.state_dict())
+    assert torch.allclose(out[..., :H], plain(looks, times, mask)[0].double(), atol=1e-6)
+
+    z = model.embed(looks[0]).double()
+    t = times[0][:, None].expand(T, A).reshape(-1)
+    frame = torch.arange(T)[:, None].expand(T, A).reshape(-1)
+    m = mask.reshape(-1)
+    visible = m[None] & (frame[None] <= frame[:, None] - lag)
+    seen = visible.any(-1)
+    got_seen = out[..., H].reshape(-1)
+    assert ((got_seen - seen.double())[m].abs() < 1e-6).all()  # a softmax-weighted mean of ones, or 0 for no key
+    for h in range(H):
+        zh = z[:, :, h].reshape(T * A, -1)
+        temp = model.log_temp[h].double().exp()
+        s = temp * zh @ zh.T - model.tilt[h].double() * t[None] / Recall.TILT_UNIT_S
+        p = torch.softmax(s.masked_fill(~visible, -1e300), -1)
+        ago = (t - p @ t).clamp_min(0)
+        cos = ((p @ zh) * zh).sum(-1)
+        want_far = (temp * (1 - cos)).clamp(0, 20) / 4
+        got_ago = torch.expm1(4 * out[..., H + 1 + 2 * h].reshape(-1))
+        got_far = out[..., H + 2 + 2 * h].reshape(-1)
+        assert (got_ago - ago)[m & seen].abs().max() < 1e-2, h  # seconds: fp32 kilo-seconds in the values
+        assert (got_far - want_far)[m & seen].abs().max() < 1e-4, h
+        assert (got_far[m & ~seen] == 5.0).all()  # nothing recalled: as unlike as it gets

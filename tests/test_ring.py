@@ -27,7 +27,8 @@ from videoring.ring import gather_sequence, ring_attention, shard_sequence
 from videoring.ring.kernels import BlockKernel
 
 from .distributed import run_world
-from .ring_cases import DEFAULT_PIECE, DEFAULT_STREAM, RAGGED, causal_mask, frame_ids, make_inputs, positions, reference, run_cases
+from .ring_cases import (DEFAULT_PIECE, DEFAULT_STREAM, RAGGED, causal_mask, frame_ids, lagged, make_inputs, positions, reference,
+                         run_cases)
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 # non-causal, causal, frame-causal (4 tokens per frame), frame-causal over frames of 1-6 tokens (``frames``)
@@ -75,6 +76,11 @@ def _cases(world):
             # edges cut zigzag pieces, sub-blocks and frames; the last chunk is shorter
             cases.append((8, 1, 2, 203, 16, layout, causal, block, torch.float32, "holes", 12, 5))
             cases.append((9, 2, 1, 157, 8, layout, causal, block, torch.float64, True, DEFAULT_PIECE, 5))
+        # keys at least `lag` frames older than their query (Recall's lagged pass): the first
+        # queries see no key at all (output 0), sub-blocks and chunks cut by the lag's shift
+        for block in (lagged(4, 3), lagged(RAGGED, 5), lagged(1, 17)):
+            cases.append((10, 2, 2, 203, 16, layout, True, block, torch.float32, "holes", 12, 5))
+            cases.append((11, 1, 2, 157, 8, layout, True, block, torch.float64, True))
     return cases
 
 
@@ -226,6 +232,10 @@ def test_bad_arguments_name_the_argument():
         ring_attention(q, q, q, key_padding_mask=torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="frames must be an integer tensor of the global length"):
         ring_attention(q, q, q, causal=True, frames=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="lag: got -1"):
+        ring_attention(q, q, q, causal=True, lag=-1)
+    with pytest.raises(ValueError, match="lag: got 2; .* with causal=True"):
+        ring_attention(q, q, q, lag=2)
     with pytest.raises(ValueError, match="frames must be nondecreasing"):
         ring_attention(q, q, q, causal=True, frames=torch.tensor([0, 1, 1, 0]))
     from videoring.ring.layout import _pieces

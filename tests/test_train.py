@@ -117,7 +117,9 @@ def test_texture_model_trains_and_is_loaded_only_with_texture(clips, tmp_path):
 
 @pytest.mark.parametrize("setting, off", [("recall_shape=true", "recall_shape=false"),
                                            ("recall_heads=3", "recall_heads=1"),
-                                           ("recall_tilt=true", "recall_tilt=false")])
+                                           ("recall_tilt=true", "recall_tilt=false"),
+                                           ("recall_lag_s=8.0", "recall_lag_s=0"),
+                                           ("recall_lag_s=8.0", "recall_lag_s=16")])
 def test_recall_settings_load_only_with_themselves(tmp_path, setting, off):
     """Recall's settings change the model, not the actor token: a checkpoint made with one loads
     with it, and a config without it is told the setting."""

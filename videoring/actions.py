@@ -80,7 +80,7 @@ class ActionModel(nn.Module):
         actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
                                       look=slice(roi_dim, roi_dim + look), height=roi_dim + look + KIN_HEIGHT if a.recall_shape else None,
-                                      recall_heads=a.recall_heads, recall_tilt=a.recall_tilt)
+                                      recall_heads=a.recall_heads, recall_tilt=a.recall_tilt, recall_lag_s=a.recall_lag_s)
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)
@@ -125,7 +125,7 @@ def save_model(model: ActionModel, path: str | Path, meta: dict) -> None:
                   metadata={"videoring": json.dumps(meta)})
 
 
-_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt")  # settings that shape the actor tokens or Recall
+_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt", "recall_lag_s")  # settings that shape the actor tokens or Recall
 
 
 def load_model(model: ActionModel, path: str | Path) -> dict:
@@ -149,10 +149,11 @@ def load_model(model: ActionModel, path: str | Path) -> dict:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError:  # tensors of other shapes: trained with other actor features or model sizes
         missing, unexpected = ["(tensor shapes differ)"], []
-    if missing or unexpected:
-        trained, base = (meta.get("config") or {}).get("actions", {}), ActionConfig()  # older checkpoints: defaults
-        was = {k: trained.get(k, getattr(base, k)) for k in _TOKEN_FIELDS}
-        hint = [f"actions.{k}={json.dumps(v)}" for k, v in was.items() if v != getattr(model.actions_cfg, k)]
+    trained, base = (meta.get("config") or {}).get("actions", {}), ActionConfig()  # older checkpoints: defaults
+    was = {k: trained.get(k, getattr(base, k)) for k in _TOKEN_FIELDS}
+    hint = [f"actions.{k}={json.dumps(v)}" for k, v in was.items() if v != getattr(model.actions_cfg, k)]
+    # Recall's lag has no weights of its own: another lag loads, and recalls other keys than trained on
+    if missing or unexpected or was["recall_lag_s"] != model.actions_cfg.recall_lag_s:
         raise ConfigError(f"actions.model: {p} does not fit this config (missing {missing[:2]}, unexpected {unexpected[:2]}); "
                           + (f"it was trained with {' '.join(hint)}" if hint else "use the config it was trained with"))
     return meta

@@ -218,6 +218,11 @@ class ActionConfig:
     """Each Recall head also learns a bias per second of a key's age (init 0: none), weighing
     older or newer look-alikes above the others at equal similarity; trained, every head came
     to prefer newer ones. A model trained with it is loaded with it."""
+    recall_lag_s: float = 0.0
+    """> 0: each Recall head also recalls only looks at least this many seconds old, and says
+    whether there were any, how long ago, and how alike they are (a cosine, which does not count
+    tokens as the mean time does): past an entry, an arrival recalls only others' looks.
+    0 = off. A model trained with it is loaded with it."""
     nms_iou: float = 0.5
     """Temporal NMS (tIoU above which the lower-scoring segment goes) among same-label segments
     of the labels in ``nms_labels``."""
@@ -255,6 +260,8 @@ class ActionConfig:
             raise ConfigError(f"actions.segment_tau_s: got {self.segment_tau_s!r}; use 0 (off) to 3600 seconds")
         if not (type(self.recall_heads) is int and 1 <= self.recall_heads <= 16):  # not a bool
             raise ConfigError(f"actions.recall_heads: got {self.recall_heads!r}; use 1 to 16")
+        if not (0 <= self.recall_lag_s <= 600):
+            raise ConfigError(f"actions.recall_lag_s: got {self.recall_lag_s!r}; use 0 (off) to 600 seconds")
         if not (0 <= self.nms_iou <= 1):
             raise ConfigError(f"actions.nms_iou: got {self.nms_iou!r}; use a number from 0 to 1")
         if self.nms_labels is not None and not set(self.nms_labels) <= set(self.labels):

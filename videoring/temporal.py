@@ -25,7 +25,9 @@ its own recent tokens), minutes for one that was here before. It goes into the
 actor token's features. With several heads (``actions.recall_heads``) each head
 has its own projection and temperature and adds its own number; with a tilt
 (``actions.recall_tilt``) a head's scores also gain a learned bias per second of
-the key's age. This is the long-range path ``arrive`` vs ``return``
+the key's age; with a lag (``actions.recall_lag_s``) each head also recalls only looks at
+least that old, and says whether there were any, how long ago, and how alike (a cosine, which
+does not count tokens as the mean time does). This is the long-range path ``arrive`` vs ``return``
 needs, and it runs through :func:`ring_attention` like every layer, so it sees
 the whole video (or, in the ``window_s`` ablation, only its window).
 
@@ -159,16 +161,19 @@ class Recall(nn.Module):
     TIME_UNIT_S = 1000.0  # timestamps enter the attention value in this unit (fp32: ~2 ms at 6 h)
     TILT_UNIT_S = 100.0  # and the tilt's key channel in this one: a tilt of 1 weighs a look 100 s older e times more
 
-    def __init__(self, look_dim: int, dim: int = 32, height: bool = False, heads: int = 1, tilt: bool = False) -> None:
+    def __init__(self, look_dim: int, dim: int = 32, height: bool = False, heads: int = 1, tilt: bool = False,
+                 lag_s: float = 0.0) -> None:
         """``height``: the looks end with the box's height (a fraction of the frame's), which
         enters as 2 (log(height) + 1.6): centred on a fifth of the frame, and a build's spread
         about a thumbnail pixel's. ``heads``: independent projections and temperatures, each
         its own answer. ``tilt``: each head also learns a bias per second of a key's age (init
-        0), so it can prefer older looks over the actor's own recent tokens."""
+        0), so it can prefer older looks over the actor's own recent tokens. ``lag_s`` (> 0):
+        each head also recalls only looks at least ``lag_s`` seconds old (:meth:`lagged`)."""
         super().__init__()
         self.height = height
         self.heads = heads
         self.dim = dim
+        self.lag_s = float(lag_s)
         self.proj = nn.Linear(look_dim + height, dim * heads)
         # one head keeps the scalar parameter of the models trained before heads existed
         t0 = math.log(20.0)
@@ -190,7 +195,7 @@ class Recall(nn.Module):
 
     def forward(self, looks: Tensor, times: Tensor, mask: Tensor, group=None, layout: str = "contiguous") -> Tensor:
         """looks (B, F, A, look_dim [+ 1]) in [0, 1] (with ``height``: then the height), times
-        (B, F), mask (B, F, A) -> (B, F, A, heads); 0 where ``mask`` is False when compacted (:func:`real_positions`)."""
+        (B, F), mask (B, F, A) -> (B, F, A, :attr:`outputs`); 0 where ``mask`` is False when compacted (:func:`real_positions`)."""
         B, Fr, A, _ = looks.shape
         ts = times.unsqueeze(-1).expand(B, Fr, A).reshape(B, Fr * A)  # seconds, float64 from the pipeline
         # frame-causal over the actor tokens (A per frame): only the past (and the same frame) is recalled
@@ -203,7 +208,7 @@ class Recall(nn.Module):
         N = ts.shape[1]
         t = ts.float().reshape(B, 1, N)
         temps = (self.log_temp.reshape(-1) / 2).exp()
-        outs = []
+        outs, lagged = [], []  # the heads' numbers, then the lagged ones (`seen` once, then per head)
         for h in range(self.heads):  # a head at a time: the hour's fp32 q/k/v of one head are ~17 MB at 2 fps
             # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
             # at inference a chunk of frames at a time
@@ -221,18 +226,63 @@ class Recall(nn.Module):
             mean_t = ring_attention(q, k, v, causal=True, layout=layout, group=group, scale=1.0, **rule)[..., 0]
             ago = (ts - mean_t.reshape(B, N).double() * self.TIME_UNIT_S).clamp_min(0)
             outs.append((torch.log1p(ago) / 4).float())
-        out = torch.stack(outs, -1)
+            if self.lag_s > 0:
+                lagged += self.lagged(z.reshape(B, 1, N, -1), q, k, t, ts, temps[h], _frame_lag(times, self.lag_s),
+                                      layout, group, rule)[1 if h else 0:]
+        out = torch.stack(outs + lagged, -1)
+        n = out.shape[-1]
         if keep is not None:
-            out = out.new_zeros(B, Fr * A, self.heads).index_copy(1, keep, out)
-        return out.reshape(B, Fr, A, self.heads)
+            out = out.new_zeros(B, Fr * A, n).index_copy(1, keep, out)
+        return out.reshape(B, Fr, A, n)
+
+    @property
+    def outputs(self) -> int:
+        """Numbers per actor token: one per head; with a lag 2 more per head and one shared."""
+        return self.heads * (3 if self.lag_s > 0 else 1) + (self.lag_s > 0)
+
+    def lagged(self, z: Tensor, q: Tensor, k: Tensor, t: Tensor, ts: Tensor, temp: Tensor, lag: int, layout: str,
+               group, rule: dict) -> list[Tensor]:
+        """The head's recall of looks at least ``lag`` frames old: [any such look (1/0), log1p(seconds
+        since their weighted mean time) / 4, temperature x (1 - the token's cosine to their weighted
+        mean embedding) / 4].
+
+        Why: the unlagged recall includes the actor's own recent tokens, and its mean time
+        weighs a look-alike by how many tokens it left: one seen for minutes outweighs an
+        arrival's own one or two (docs/actions.md, "Why look-alikes are swapped"). Lagged past an
+        entry, an arrival recalls only others' looks and a return its own earlier visit; the
+        cosine to their mean is then a similarity that does not grow with token counts.
+        """
+        B, _, N, D = z.shape
+        pad = q.shape[-1] - D  # the tilt's channel
+        # values: [time, 1 (is there any key), embedding]; q/k padded to the values' width
+        v = torch.cat([t.unsqueeze(-1) / self.TIME_UNIT_S, torch.ones_like(t).unsqueeze(-1), z.to(t.dtype)], -1)
+        v = torch.cat([v, v.new_zeros(B, 1, N, pad)], -1)
+        zeros = q.new_zeros(B, 1, N, 2)
+        q, k = torch.cat([q, zeros], -1), torch.cat([k, zeros], -1)
+        o = ring_attention(q, k, v, causal=True, layout=layout, group=group, scale=1.0, lag=lag, **rule)[:, 0]
+        seen = o[..., 1]  # 1 where any key was recalled, 0 where none (the attention's empty rows)
+        ago = (ts - o[..., 0].double() * self.TIME_UNIT_S).clamp_min(0)
+        cos = (z[:, 0].float() * o[..., 2 : 2 + D].float()).sum(-1)
+        far = torch.where(seen > 0.5, temp ** 2 * (1 - cos), 20.0).clamp(0, 20)  # nothing recalled: as unlike as it gets
+        return [seen.float(), (torch.log1p(ago) / 4).float(), far / 4]
+
+
+def _frame_lag(times: Tensor, lag_s: float) -> int:
+    """``lag_s`` in frames of the sampling step (the median step between the real frames of
+    ``times``, (B, F) seconds): frames are sampled at a fixed rate, so the lag is one integer."""
+    d = times.diff(dim=-1).reshape(-1)
+    d = d[d > 0]
+    step = float(d.median()) if d.numel() else 1.0
+    return max(1, math.ceil(lag_s / step - 1e-6))
 
 
 class TemporalModel(nn.Module):
     def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0,
-                 look: slice | None = None, height: int | None = None, recall_heads: int = 1, recall_tilt: bool = False) -> None:
+                 look: slice | None = None, height: int | None = None, recall_heads: int = 1, recall_tilt: bool = False,
+                 recall_lag_s: float = 0.0) -> None:
         """``look``: where the thumbnail sits in an actor token's features (enables :class:`Recall`);
-        ``height``: where the box's height sits, for Recall to compare too; ``recall_heads`` and
-        ``recall_tilt``: :class:`Recall`'s ``heads`` and ``tilt``."""
+        ``height``: where the box's height sits, for Recall to compare too; ``recall_heads``,
+        ``recall_tilt`` and ``recall_lag_s``: :class:`Recall`'s ``heads``, ``tilt`` and ``lag_s``."""
         super().__init__()
         self.cfg = cfg
         self.P = tokens_per_frame
@@ -243,8 +293,9 @@ class TemporalModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         if max_actors:
             if look is not None:
-                self.recall = Recall(look.stop - look.start, height=height is not None, heads=recall_heads, tilt=recall_tilt)
-                actor_dim += recall_heads
+                self.recall = Recall(look.stop - look.start, height=height is not None, heads=recall_heads, tilt=recall_tilt,
+                                     lag_s=recall_lag_s)
+                actor_dim += self.recall.outputs
             self.actor_proj = nn.Sequential(nn.LayerNorm(actor_dim), nn.Linear(actor_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.type_emb = nn.Embedding(2, cfg.dim)
         self.slot_emb = nn.Embedding(tokens_per_frame, cfg.dim)

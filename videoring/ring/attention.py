@@ -69,6 +69,7 @@ class _Spec:
     kernel: BlockKernel
     device_type: str
     frames: Tensor | None = None  # (S_global,) frame of each position; None: position // block
+    lag: int = 0  # causal: a key must be at least this many frames older than its query
 
 
 # Masked block pairs are computed in sub-blocks of at most this many tokens per
@@ -107,8 +108,8 @@ def _runs(qc, kc, spec: _Spec, padded: bool):
     Not cut: the aligned diagonal of plain causal attention without padding, which
     the kernel's own causal path computes unmasked in one call.
     """
-    rel = relation(qc, kc, spec.causal, spec.block, spec.frames)
-    own_causal = spec.block == 1 and spec.frames is None and qc[1:] == kc[1:] and not padded
+    rel = relation(qc, kc, spec.causal, spec.block, spec.frames, spec.lag)
+    own_causal = spec.block == 1 and spec.frames is None and not spec.lag and qc[1:] == kc[1:] and not padded
     piece = PIECE if spec.device_type == "cpu" else PIECE_CUDA
     if rel != "partial" or own_causal or max(qc[2], kc[2]) <= piece:
         if rel != "none":
@@ -120,7 +121,7 @@ def _runs(qc, kc, spec: _Spec, padded: bool):
     for qs in _split(qc, n):
         run = None
         for ks in ksubs:
-            r = relation(qs, ks, spec.causal, spec.block, spec.frames)
+            r = relation(qs, ks, spec.causal, spec.block, spec.frames, spec.lag)
             if r == "full" and run is not None:
                 run = (run[0], run[1], run[2] + ks[2])
                 continue
@@ -155,10 +156,11 @@ def _pairs(spec: _Spec, qchunks, kchunks, kpad: Tensor | None, device):
                         pad = None
                 mask, causal_flag = None, False
                 if rel == "partial":
-                    if spec.block == 1 and spec.frames is None and qc[1] == kc[1] and qc[2] == kc[2] and pad is None:
+                    if (spec.block == 1 and spec.frames is None and not spec.lag and qc[1] == kc[1] and qc[2] == kc[2]
+                            and pad is None):
                         causal_flag = True  # the aligned diagonal: the kernel's own causal path
                     else:
-                        mask = block_mask(qc, kc, spec.block, device, spec.frames)
+                        mask = block_mask(qc, kc, spec.block, device, spec.frames, spec.lag)
                 if pad is not None:
                     pm = pad[:, None, None, :]
                     mask = pm if mask is None else (mask & pm)
@@ -405,6 +407,7 @@ def ring_attention(
     group=None,
     scale: float | None = None,
     frames: Tensor | None = None,
+    lag: int = 0,
 ) -> Tensor:
     """Exact attention over the sequence sharded across the ranks of ``group``.
 
@@ -415,6 +418,8 @@ def ring_attention(
         frames: with ``causal``, instead of ``causal_block``: (S_global,) the frame of every global
             position, nondecreasing; token i attends to token j iff ``frames[j] <= frames[i]``.
             For frames of different token counts (the sequence without its empty actor slots).
+        lag: with ``causal``, keys must be at least ``lag`` frames older than their query
+            (``frame(j) <= frame(i) - lag``); a query with no such key gets 0.
         key_padding_mask: (B, S_local) bool, True for a real token (pad the end of uneven sequences).
         layout: "contiguous" (rank r holds [r*S_local, (r+1)*S_local)) or "zigzag"
             (chunks r and 2W-1-r of 2W; balances causal work).
@@ -430,6 +435,8 @@ def ring_attention(
     if layout not in LAYOUTS:
         raise ValueError(f"layout: got {layout!r}; use 'contiguous' or 'zigzag'")
     _check_causal_block(causal_block)
+    if not (isinstance(lag, int) and lag >= 0) or (lag and not causal):
+        raise ValueError(f"lag: got {lag!r}; use an integer >= 0 (frames), with causal=True")
     comm = RingComm(group)
     B, _, S, D = q.shape
     pads_packed = None
@@ -441,7 +448,7 @@ def ring_attention(
         pads_packed = torch.stack(comm.all_gather(m.to(torch.uint8))).bool() if comm.world > 1 else m.unsqueeze(0)
     frames = _check_frames(frames, S * comm.world) if causal else None
     spec = _Spec(causal, causal_block if causal else 1, layout, scale if scale is not None else D ** -0.5, comm,
-                 get_kernel(q.device, q.dtype), q.device.type, frames)
+                 get_kernel(q.device, q.dtype), q.device.type, frames, lag if causal else 0)
     return _RingAttention.apply(q, k, v, pads_packed, spec)
 
 

@@ -46,12 +46,14 @@ def _frame_span(start: int, length: int, block: int, frames: Tensor | None) -> t
 
 
 def relation(q: tuple[int, int, int], k: tuple[int, int, int], causal: bool, block: int,
-             frames: Tensor | None = None) -> str:
+             frames: Tensor | None = None, lag: int = 0) -> str:
     """'full', 'none' or 'partial' for query piece q and key piece k (frame-causal: a
-    position's frame is ``position // block``, or ``frames[position]`` when given)."""
+    position's frame is ``position // block``, or ``frames[position]`` when given; with
+    ``lag``, a key must be at least that many frames older than its query)."""
     if not causal:
         return "full"
     q0, q1 = _frame_span(q[1], q[2], block, frames)
+    q0, q1 = q0 - lag, q1 - lag
     k0, k1 = _frame_span(k[1], k[2], block, frames)
     if k0 > q1:
         return "none"  # every key is in a later frame than every query
@@ -61,16 +63,16 @@ def relation(q: tuple[int, int, int], k: tuple[int, int, int], causal: bool, blo
 
 
 def block_mask(q: tuple[int, int, int], k: tuple[int, int, int], block: int, device,
-               frames: Tensor | None = None) -> Tensor:
-    """(Sq, Sk) bool: key j visible to query i iff frame(j) <= frame(i) (global positions; a
+               frames: Tensor | None = None, lag: int = 0) -> Tensor:
+    """(Sq, Sk) bool: key j visible to query i iff frame(j) <= frame(i) - lag (global positions; a
     position's frame is ``position // block``, or ``frames[position]`` when given)."""
     _, qs, ql = q
     _, ks, kl = k
     if frames is not None:
-        return frames[ks : ks + kl].to(device).unsqueeze(0) <= frames[qs : qs + ql].to(device).unsqueeze(1)
+        return frames[ks : ks + kl].to(device).unsqueeze(0) <= frames[qs : qs + ql].to(device).unsqueeze(1) - lag
     qi = (torch.arange(qs, qs + ql, device=device) // block).unsqueeze(1)
     kj = (torch.arange(ks, ks + kl, device=device) // block).unsqueeze(0)
-    return kj <= qi
+    return kj <= qi - lag
 
 
 def _pieces(total: int, world: int, layout: str) -> list[list[tuple[int, int]]]:
