@@ -209,6 +209,7 @@ class Recall(nn.Module):
         t = ts.float().reshape(B, 1, N)
         temps = (self.log_temp.reshape(-1) / 2).exp()
         outs, lagged = [], []  # the heads' numbers, then the lagged ones (`seen` once, then per head)
+        lag = _frame_lag(times, self.lag_s) if self.lag_s > 0 else 0
         for h in range(self.heads):  # a head at a time: the hour's fp32 q/k/v of one head are ~17 MB at 2 fps
             # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
             # at inference a chunk of frames at a time
@@ -226,9 +227,8 @@ class Recall(nn.Module):
             mean_t = ring_attention(q, k, v, causal=True, layout=layout, group=group, scale=1.0, **rule)[..., 0]
             ago = (ts - mean_t.reshape(B, N).double() * self.TIME_UNIT_S).clamp_min(0)
             outs.append((torch.log1p(ago) / 4).float())
-            if self.lag_s > 0:
-                lagged += self.lagged(z.reshape(B, 1, N, -1), q, k, t, ts, temps[h], _frame_lag(times, self.lag_s),
-                                      layout, group, rule)[1 if h else 0:]
+            if lag:
+                lagged += self.lagged(z.reshape(B, 1, N, -1), q, k, t, ts, temps[h], lag, layout, group, rule)[1 if h else 0:]
         out = torch.stack(outs + lagged, -1)
         n = out.shape[-1]
         if keep is not None:
