@@ -43,10 +43,11 @@ def disagreeing_ranks(rank, world, video):
     return "no error"
 
 
-def recall_on_ranks(rank, world, layout, tilt=False, lag_s=0.0):
-    """Recall (videoring.temporal) over this rank's frames of one fixed problem; returns
-    {frame: output} and the summed gradient of its projection (and tilt: with ``tilt``, two
-    heads, one untilted, one tilted towards older looks; with ``lag_s``, the lagged numbers too)."""
+def recall_on_ranks(rank, world, layout, tilt=False, lag_s=0.0, T=23):
+    """Recall (videoring.temporal) over this rank's frames of one fixed problem of ``T`` frames;
+    returns {frame: output} and the summed gradient of its projection (and tilt: with ``tilt``,
+    two heads, one untilted, one tilted towards older looks; with ``lag_s``, the lagged numbers
+    too)."""
     from videoring.engine import frame_pieces
     from videoring.temporal import Recall
 
@@ -58,12 +59,13 @@ def recall_on_ranks(rank, world, layout, tilt=False, lag_s=0.0):
             model.proj.bias[32:] = model.proj.bias[:32]
             model.tilt.copy_(torch.tensor([0.0, 0.3]))
     g = torch.Generator().manual_seed(1)
-    T, A = 23, 3
+    A = 3
     looks = torch.rand(T, A, 12, generator=g)
-    looks[15:18, 1] = looks[2:5, 0]  # a look-alike returns
-    times = torch.arange(T, dtype=torch.float64) * 1.5
     mask = torch.rand(T, A, generator=g) < 0.7
-    mask[2:5, 0] = mask[15:18, 1] = True
+    if T >= 18:
+        looks[15:18, 1] = looks[2:5, 0]  # a look-alike returns
+        mask[2:5, 0] = mask[15:18, 1] = True
+    times = torch.arange(T, dtype=torch.float64) * 1.5
     frames = [f for a, b in frame_pieces(T, world, layout)[rank] for f in range(a, b)]
     real = torch.tensor([f < T for f in frames])
     idx = torch.tensor([min(f, T - 1) for f in frames])

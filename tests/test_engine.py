@@ -374,6 +374,21 @@ def test_recall_sharded_equals_single_process(tilt, lag_s):
             assert float(ref[15][1, far]) < min(float(ref[f][a, far]) for f in range(3, 15) for a in range(3) if mask[f, a])
 
 
+def test_recall_lag_is_one_for_the_whole_ring():
+    """The lag counts global frames, so every rank must turn ``recall_lag_s`` into the same
+    number of frames: 13 frames 1.5 s apart on W = 4 ranks of 4 leave the last rank one real
+    frame (no step of its own to measure); its outputs still equal W = 1's (4.5 s = 3 frames,
+    where a 1-s guess would make it 5)."""
+    from .engine_jobs import recall_on_ranks
+
+    T = 13
+    ref, _, mask = run_world(recall_on_ranks, 1, "contiguous", False, 4.5, T)[0]
+    parts = run_world(recall_on_ranks, 4, "contiguous", False, 4.5, T)
+    assert sorted(parts[3][0]) == [12] and bool(torch.as_tensor(mask)[12].any())
+    m = torch.as_tensor(mask)[12]
+    assert torch.allclose(torch.as_tensor(parts[3][0][12])[m], torch.as_tensor(ref[12])[m], rtol=0, atol=1e-5)
+
+
 def test_recall_heads_and_tilt_equal_a_float64_reference():
     """Each Recall head is its own softmax over the frame-causal past, of temperature x cosine
     minus the tilt per TILT_UNIT_S of the key's time, whose value is the key's time: the output

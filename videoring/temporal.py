@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -209,7 +210,7 @@ class Recall(nn.Module):
         t = ts.float().reshape(B, 1, N)
         temps = (self.log_temp.reshape(-1) / 2).exp()
         outs, lagged = [], []  # the heads' numbers, then the lagged ones (`seen` once, then per head)
-        lag = _frame_lag(times, self.lag_s) if self.lag_s > 0 else 0
+        lag = _frame_lag(times, self.lag_s, group) if self.lag_s > 0 else 0
         for h in range(self.heads):  # a head at a time: the hour's fp32 q/k/v of one head are ~17 MB at 2 fps
             # q = k = z * sqrt(temperature), so q.k = temperature * cosine (and the temperature learns);
             # at inference a chunk of frames at a time
@@ -267,12 +268,23 @@ class Recall(nn.Module):
         return [seen.float(), (torch.log1p(ago) / 4).float(), far / 4]
 
 
-def _frame_lag(times: Tensor, lag_s: float) -> int:
+def _frame_lag(times: Tensor, lag_s: float, group=None) -> int:
     """``lag_s`` in frames of the sampling step (the median step between the real frames of
-    ``times``, (B, F) seconds): frames are sampled at a fixed rate, so the lag is one integer."""
+    ``times``, (B, F) seconds): frames are sampled at a fixed rate, so the lag is one integer.
+
+    Under a ring every rank must use the same lag (it counts global frames), so the step is
+    the smallest of the ranks' medians: a rank holding one real frame (a video's tail, the
+    rest padding) has no step of its own and would otherwise fall back to 1 s, half the lag
+    at 2 fps. On a fixed grid every rank's median is the one step, as at W = 1.
+    """
     d = times.diff(dim=-1).reshape(-1)
     d = d[d > 0]
-    step = float(d.median()) if d.numel() else 1.0
+    step = torch.tensor([float(d.median()) if d.numel() else math.inf], dtype=torch.float64)
+    if world_of(group)[1] > 1:
+        nccl = dist.get_backend(group) == "nccl"  # NCCL reduces device tensors only
+        step = step.to(torch.device("cuda", torch.cuda.current_device())) if nccl else step
+        dist.all_reduce(step, op=dist.ReduceOp.MIN, group=group)
+    step = float(step) if math.isfinite(float(step)) else 1.0  # one frame in the whole video: any lag will do
     return max(1, math.ceil(lag_s / step - 1e-6))
 
 
