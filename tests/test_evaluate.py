@@ -196,7 +196,7 @@ def test_segment_score_weighs_duration_by_hand():
     from videoring.config import ActionConfig
 
     labels = ["idle", "walk", "jump"]
-    seq = [1, 1, 1, 1, 2]  # walk over [0, 3.5] at 0.8, then jump over [3.5, 5] at 0.6
+    # the arg-max per step: walk, walk, walk, walk, jump: walk over [0, 3.5] at 0.8, then jump over [3.5, 5] at 0.6
     probs = [np.array([0.1, 0.8, 0.1])] * 4 + [np.array([0.2, 0.2, 0.6])]
     obs = [(3, float(t), p) for t, p in enumerate(probs)]
     dense = np.tile([0.0, 0.4, 0.2], (5, 1))

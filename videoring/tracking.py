@@ -14,7 +14,6 @@ boxes in the overlap and gives one actor one global ID.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,33 +23,10 @@ from .config import TrackConfig
 from .errors import ConfigError
 from .yolo import import_ultralytics, load_detector, restore_threads
 
-__all__ = ["SPARE", "Tracker", "TrackTable", "stitch", "box_iou", "link_tracklets", "extend_tracks", "suppress_duplicates"]
+__all__ = ["SPARE", "Tracker", "stitch", "box_iou", "link_tracklets", "extend_tracks", "suppress_duplicates"]
 
 SPARE = -1
 """Track id of a detection no confirmed track took (see :meth:`Tracker.update`)."""
-
-
-@dataclass
-class TrackTable:
-    """Tracks of one time span, as flat rows (cheap to gather across ranks).
-
-    ``rows``: (N, 8) float64 = t, id, x1, y1, x2, y2, conf, cls.
-    """
-
-    rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 8)))
-
-    def ids(self) -> np.ndarray:
-        return np.unique(self.rows[:, 1]).astype(int)
-
-    def of(self, tid: int) -> np.ndarray:
-        return self.rows[self.rows[:, 1] == tid]
-
-    def between(self, t0: float, t1: float) -> "TrackTable":
-        m = (self.rows[:, 0] >= t0) & (self.rows[:, 0] < t1)
-        return TrackTable(self.rows[m])
-
-    def at(self, t: float) -> np.ndarray:
-        return self.rows[self.rows[:, 0] == t]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -42,7 +42,6 @@ class RingStats:
     compute_s: float = 0.0
     wall_s: float = 0.0
     blocks: int = 0
-    calls: list = field(default_factory=list)
 
 
 _STATS: RingStats | None = None
