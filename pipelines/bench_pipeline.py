@@ -26,6 +26,7 @@ alone ~17); --quick a few minutes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -207,6 +208,12 @@ def external(cmd: list[str], env: dict | None = None) -> dict:
     return {"wall_s": round(wall, 2), "rss_mib": round(peak)}
 
 
+def _ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
 def yolo_track(video: Path, fps: float, track_fps: float) -> dict:
     from videoring.pipeline import CONFIG_DIR
     from videoring.config import PipelineConfig, load_config
@@ -222,11 +229,14 @@ def yolo_track(video: Path, fps: float, track_fps: float) -> dict:
                      f"project={out}", "exist_ok=True", f"conf={cfg.track.conf}"], env=dict(os.environ))
 
 
+ROW_NAMES = ("videoring", "videoring5", "torch", "w2", "decode", "track", "track5", "encode", "timm", "ffmpeg", "yolo", "yolo5")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", default="hour,10min,720p")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rows", default="videoring,videoring5,w2,decode,track,track5,encode,timm,ffmpeg,yolo,yolo5")
+    ap.add_argument("--rows", default=",".join(r for r in ROW_NAMES if r != "torch"))
     ap.add_argument("--out", default="out/bench_pipeline.json")
     ap.add_argument("--write-docs", action="store_true", help="write the tables into docs/benchmarks_pipeline.md (between its markers)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -241,43 +251,49 @@ def main() -> None:
     from videoring.videoinfo import probe
 
     rows = args.rows.split(",")
-    report = {}
+    unknown = sorted(set(rows) - set(ROW_NAMES))
+    if unknown:
+        sys.exit(f"error: --rows: unknown {', '.join(unknown)}; use some of {','.join(ROW_NAMES)}")
+    if "ffmpeg" in rows and importlib.util.find_spec("imageio_ffmpeg") is None:
+        # said before the hour's rows run, not after them
+        sys.exit("error: the ffmpeg row needs imageio-ffmpeg: pip install -e '.[bench]' (or make bench), or leave ffmpeg out of --rows")
+    report: dict = {}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(name: str, r: dict) -> None:
+        """The report so far, after every row: a row that fails or a run cut short keeps the rest."""
+        report[name] = r
+        out.write_text(json.dumps(report, indent=1) + "\n")
+
     for name in args.videos.split(","):
         video = ensure(name, args.quick)
         info = probe(str(video))
         r: dict = {"video_s": info.duration_s, "size": f"{info.width}x{info.height}", "fps": info.fps}
-        if "videoring" in rows:
-            r["videoring"] = child({"row": "videoring", "video": str(video), "overrides": args.overrides})
-        if "videoring5" in rows:
-            r["videoring, track.fps=5"] = child({"row": "videoring", "video": str(video), "overrides": [*args.overrides, "track.fps=5"]})
-        if "torch" in rows:
-            r["videoring, PyTorch detector"] = child({"row": "videoring", "video": str(video), "overrides": [*args.overrides, "track.export=none"]})
-        if "w2" in rows:  # two ranks on the same 2 cores, through the CLI as a user runs it (torchrun)
-            r["videoring --nproc 2 (CLI)"] = external(
+        over = args.overrides
+        plan = {  # --rows name: (report row, how it runs), in this order
+            "videoring": ("videoring", lambda: child({"row": "videoring", "video": str(video), "overrides": over})),
+            "videoring5": ("videoring, track.fps=5", lambda: child({"row": "videoring", "video": str(video), "overrides": [*over, "track.fps=5"]})),
+            "torch": ("videoring, PyTorch detector", lambda: child({"row": "videoring", "video": str(video), "overrides": [*over, "track.export=none"]})),
+            # two ranks on the same 2 cores, through the CLI as a user runs it (torchrun)
+            "w2": ("videoring --nproc 2 (CLI)", lambda: external(
                 [sys.executable, "-m", "videoring.cli", "analyze", str(video), "--nproc", "2", "-o",
-                 str(ROOT / ".cache" / "videoring" / "bench" / "out_w2"), "output.annotate=false", *args.overrides])
-        if "decode" in rows:
-            r["decode alone"] = child({"row": "decode", "video": str(video), "overrides": args.overrides})
-        if "track" in rows:
-            r["track alone"] = child({"row": "track", "video": str(video), "overrides": args.overrides})
-        if "track5" in rows:
-            r["track alone, 5 fps"] = child({"row": "track", "video": str(video), "overrides": [*args.overrides, "track.fps=5"]})
-        if "encode" in rows:
-            r["encode alone"] = child({"row": "encode", "video": str(video)})
-        if "timm" in rows:
-            r["timm fp32 alone"] = child({"row": "encode", "video": str(video), "fp32_timm": True})
-        if "ffmpeg" in rows:
-            import imageio_ffmpeg
-
-            r["ffmpeg -f null"] = external([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video), "-f", "null", "-"])
-        if "yolo" in rows:
-            r["yolo track (10 fps)"] = yolo_track(video, info.fps, 10.0)
-        if "yolo5" in rows:
-            r["yolo track (5 fps)"] = yolo_track(video, info.fps, 5.0)
-        report[name] = r
+                 str(ROOT / ".cache" / "videoring" / "bench" / "out_w2"), "output.annotate=false", *over])),
+            "decode": ("decode alone", lambda: child({"row": "decode", "video": str(video), "overrides": over})),
+            "track": ("track alone", lambda: child({"row": "track", "video": str(video), "overrides": over})),
+            "track5": ("track alone, 5 fps", lambda: child({"row": "track", "video": str(video), "overrides": [*over, "track.fps=5"]})),
+            "encode": ("encode alone", lambda: child({"row": "encode", "video": str(video)})),
+            "timm": ("timm fp32 alone", lambda: child({"row": "encode", "video": str(video), "fp32_timm": True})),
+            "ffmpeg": ("ffmpeg -f null", lambda: external([_ffmpeg(), "-v", "error", "-i", str(video), "-f", "null", "-"])),
+            "yolo": ("yolo track (10 fps)", lambda: yolo_track(video, info.fps, 10.0)),
+            "yolo5": ("yolo track (5 fps)", lambda: yolo_track(video, info.fps, 5.0)),
+        }
+        save(name, r)
+        for key, (row, run) in plan.items():
+            if key in rows:
+                r[row] = run()
+                save(name, r)
         print(json.dumps({name: r}), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     if args.write_docs:
         write_docs(ROOT / "docs" / "benchmarks_pipeline.md", markdown(report, " ".join(sys.argv[1:])))
 
@@ -297,7 +313,7 @@ def write_docs(path: Path, tables: str) -> None:
 def markdown(report: dict, cmd: str) -> str:
     lines = [f"`python pipelines/bench_pipeline.py {cmd}` (2 cores, 24 GiB, no GPU).", ""]
     for name, r in report.items():
-        lines += [f"## {name}: {r['video_s'] / 60:.0f} min, {r['size']} at {r['fps']:g} fps", "",
+        lines += [f"### {name}: {r['video_s'] / 60:.0f} min, {r['size']} at {r['fps']:g} fps", "",
                   "| row | wall s | realtime x | peak RSS MiB | stages (s) |", "|---|---|---|---|---|"]
         for row, v in r.items():
             if not isinstance(v, dict):
