@@ -254,6 +254,9 @@ def main() -> None:
     unknown = sorted(set(rows) - set(ROW_NAMES))
     if unknown:
         sys.exit(f"error: --rows: unknown {', '.join(unknown)}; use some of {','.join(ROW_NAMES)}")
+    bad = sorted(set(args.videos.split(",")) - set(VIDEOS))
+    if bad:
+        sys.exit(f"error: --videos: unknown {', '.join(bad)}; use some of {','.join(VIDEOS)}")
     if "ffmpeg" in rows and importlib.util.find_spec("imageio_ffmpeg") is None:
         # said before the hour's rows run, not after them
         sys.exit("error: the ffmpeg row needs imageio-ffmpeg: pip install -e '.[bench]' (or make bench), or leave ffmpeg out of --rows")
