@@ -229,3 +229,40 @@ def test_nms_merges_only_the_group_labels():
     assert segs() == [("meet", 0.0, 3.5), ("walk", 0.0, 3.5)]
     assert segs(nms_labels=["meet"]) == [("meet", 0.0, 3.5), ("walk", 0.0, 2.5), ("walk", 0.0, 3.5)]
     assert len(segs(nms_labels=[])) == 4
+
+
+def _ceiling_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "ceiling.py"
+    spec = importlib.util.spec_from_file_location("ceiling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ceiling_of_perfect_tracks_is_perfect_and_of_shifted_boxes_is_not(tmp_path):
+    """pipelines/ceiling.py: on the ground truth's own boxes (no smoothing) the labels it puts on
+    each 1-fps step score frame mAP and return/arrive 1.0; boxes moved off their actors get idle."""
+    import copy
+    import dataclasses
+
+    from videoring.config import PipelineConfig, load_config
+    from videoring.synth import synthesize
+
+    ceiling = _ceiling_module()
+    gt = synthesize(tmp_path / "c.mp4", seed=11, duration_s=60.0, fps=10.0, size=(160, 120))
+    cfg = load_config(ceiling.Path(__file__).resolve().parents[1] / "configs" / "default.yaml", cls=PipelineConfig)
+    cfg = dataclasses.replace(cfg, actions=dataclasses.replace(cfg.actions, smooth_s=0.0))
+    pred = copy.deepcopy(gt)
+    pred.track_actions, pred.segments = [], []
+    m = evaluate([(ceiling.oracle(pred, gt, cfg, fps=1.0), gt)])
+    assert m["track_action_frame_mAP@0.5"] == pytest.approx(1.0)
+    assert {a.label for a in gt.track_actions} & {"arrive", "return"}
+    assert m["return_arrive_accuracy"] == pytest.approx(1.0)
+    # every box moved off every actor: each step is the background
+    for t in pred.tracks:
+        t.boxes = [[b[0], b[1] + 1000, b[2], b[3] + 1000, b[4], b[5]] for b in t.boxes]
+    moved = ceiling.oracle(pred, gt, cfg, fps=1.0)
+    assert {a.label for a in moved.track_actions} == {"idle"}
