@@ -1,10 +1,10 @@
 """What the tracks leave room for: a perfect action model on videoring's own tracks.
 
-    python pipelines/ceiling.py PRED_DIR GT_DIR [-c default] [--fps 1] [--json]
+    python pipelines/ceiling.py PRED GT [-c default] [--fps 1] [--json]
 
-Every ``x.json`` in PRED_DIR (results of ``videoring analyze``) is paired with ``x.json`` in GT_DIR
-(ground truth, e.g. the synthetic clips' files). Each predicted track keeps its boxes, but its action
-probabilities at the action steps (multiples of 1/--fps seconds, as the encoder grid samples them)
+PRED and GT as ``videoring eval`` takes them: two results files, or two directories (each
+``x.json`` in GT with ``x.json`` or ``x/results.json`` in PRED). Each predicted track keeps its
+boxes, but its action probabilities at the action steps (multiples of 1/--fps seconds, as the encoder grid samples them)
 are replaced by a one-hot of the ground-truth label of the actor its box overlaps at IoU >= 0.5
 (``idle``, the background, where none does); these go through the same decoder as the model's
 (the config's ``actions``: smoothing, arg-max runs, segment scores). The metrics are then an upper
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from videoring.actions import decode  # noqa: E402
 from videoring.config import PipelineConfig, load_config  # noqa: E402
-from videoring.evaluate import evaluate  # noqa: E402
+from videoring.evaluate import evaluate, load_pairs  # noqa: E402
+from videoring.errors import ConfigError  # noqa: E402
 from videoring.results import Results  # noqa: E402
 from videoring.tracking import box_iou  # noqa: E402
 
@@ -74,8 +75,8 @@ def oracle(pred: Results, gt: Results, cfg: PipelineConfig, fps: float) -> Resul
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("pred_dir", type=Path)
-    ap.add_argument("gt_dir", type=Path)
+    ap.add_argument("pred", help="a results .json, or a directory of them (x.json or x/results.json)")
+    ap.add_argument("gt", help="its ground truth .json, or a directory of x.json")
     ap.add_argument("-c", "--config", default="default", help="its actions decoder and labels (default, accurate or a path)")
     ap.add_argument("--fps", type=float, default=None, help="action steps per second (default: the config's sampling.fps)")
     ap.add_argument("--json", action="store_true")
@@ -83,16 +84,13 @@ def main() -> None:
     path = Path(args.config)
     if not path.exists():  # a name in configs/
         path = Path(__file__).resolve().parents[1] / "configs" / f"{args.config}.yaml"
-    cfg = load_config(path, cls=PipelineConfig)
+    try:
+        cfg = load_config(path, cls=PipelineConfig)
+        pairs = load_pairs(args.pred, args.gt)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     fps = args.fps or cfg.sampling.fps
-    names = sorted(p.name for p in args.pred_dir.glob("*.json") if (args.gt_dir / p.name).exists())
-    if not names:
-        sys.exit(f"error: no x.json in {args.pred_dir} has a ground truth x.json in {args.gt_dir}")
-    pairs = []
-    for n in names:
-        gt = Results.from_json(args.gt_dir / n)
-        pairs.append((oracle(Results.from_json(args.pred_dir / n), gt, cfg, fps), gt))
-    m = evaluate(pairs)
+    m = evaluate([(oracle(pred, gt, cfg, fps), gt) for pred, gt in pairs])
     print(json.dumps(m, indent=1) if args.json else "\n".join(f"{k}: {v:.4f}" for k, v in m.items()))
 
 

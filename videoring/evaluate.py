@@ -33,7 +33,7 @@ from .errors import ConfigError
 from .results import Results
 from .tracking import box_iou
 
-__all__ = ["evaluate", "evaluate_pairs", "segment_ap", "average_precision"]
+__all__ = ["evaluate", "evaluate_pairs", "load_pairs", "segment_ap", "average_precision"]
 
 THUMOS = (0.3, 0.4, 0.5, 0.6, 0.7)
 ANET = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
@@ -313,6 +313,12 @@ def evaluate(pairs: list[tuple[Results, Results]], background: str = "idle") -> 
 
 def evaluate_pairs(pred: str | Path, gt: str | Path) -> dict[str, float]:
     """Two files, or two directories (x.json in PRED paired with x.json in GT; other files ignored)."""
+    return evaluate(load_pairs(pred, gt))
+
+
+def load_pairs(pred: str | Path, gt: str | Path) -> list[tuple[Results, Results]]:
+    """(prediction, ground truth) from two results files, or from two directories: each x.json in
+    GT with x.json (or x/results.json, as ``videoring analyze -o PRED`` writes it) in PRED."""
     pred, gt = Path(pred), Path(gt)
     for p in (pred, gt):
         if not p.exists():
@@ -331,7 +337,7 @@ def evaluate_pairs(pred: str | Path, gt: str | Path) -> dict[str, float]:
             raise ConfigError(f"{pred}: no x.json (or x/results.json) matching an x.json in {gt}")
     else:
         files = [(pred, gt)]
-    return evaluate([(_load(p), _load(g)) for p, g in files])
+    return [(_load(p), _load(g)) for p, g in files]
 
 
 def _load(path: Path) -> Results:
