@@ -105,7 +105,7 @@ def test_named_model_needs_opt_in():
     ("track.extend_s=-1", "track.extend_s"), ("temporal.dropout=1.5", "temporal.dropout"),
     ("actions.nms_labels=[hug]", "actions.nms_labels"), ("track.iou=0", "track.iou"),
     ("actions.recall_heads=true", "actions.recall_heads"), ("actions.recall_heads=17", "actions.recall_heads"),
-    ("actions.segment_tau_s=-1", "actions.segment_tau_s"),
+    ("actions.segment_tau_s=-1", "actions.segment_tau_s"), ("actions.conf_smooth_s=-0.1", "actions.conf_smooth_s"),
 ])
 def test_pipeline_config_errors_name_the_key(override, key):
     from videoring.config import PipelineConfig, load_config
@@ -317,3 +317,25 @@ def test_recall_heads_refuses_a_bool_built_in_python():
 
     with pytest.raises(ConfigError, match=r"actions\.recall_heads"):
         ActionConfig(recall_heads=True)
+
+
+def test_reported_confidence_is_averaged_along_its_track_by_hand():
+    """``actions.conf_smooth_s``: each reported box's confidence is the Gaussian-weighted mean
+    (sigma seconds, cut at 3 sigma) of its track's detector confidences; other tracks and the
+    boxes themselves are untouched; 0 keeps the detector's own."""
+    from videoring.actors import ROW_COLS
+    from videoring.pipeline import _tracks_from_rows
+
+    rows = np.zeros((5, ROW_COLS))
+    rows[:, 0] = [0.0, 0.1, 0.2, 0.0, 0.1]
+    rows[:, 1] = [1, 1, 1, 2, 2]
+    rows[:, 2:6] = [10, 20, 30, 60]
+    rows[:, 6] = [0.9, 0.1, 0.9, 0.5, 0.7]
+    raw = _tracks_from_rows(rows, 0.0, box=slice(2, 6))
+    assert [b[5] for t in raw for b in t.boxes] == [0.9, 0.1, 0.9, 0.5, 0.7]
+    t1, t2 = _tracks_from_rows(rows, 0.0, box=slice(2, 6), conf_smooth_s=0.2)
+    w1, w2 = np.exp(-0.5 * 0.5**2), np.exp(-0.5 * 1.0**2)  # 0.1 s and 0.2 s away at sigma 0.2 s
+    want1 = [(0.9 + 0.1 * w1 + 0.9 * w2) / (1 + w1 + w2), (0.1 + 1.8 * w1) / (1 + 2 * w1), (0.9 + 0.1 * w1 + 0.9 * w2) / (1 + w1 + w2)]
+    assert [b[5] for b in t1.boxes] == pytest.approx(want1, abs=1e-4)
+    assert [b[5] for b in t2.boxes] == pytest.approx([(0.5 + 0.7 * w1) / (1 + w1), (0.7 + 0.5 * w1) / (1 + w1)], abs=1e-4)
+    assert [b[1:5] for b in t1.boxes] == [[10, 20, 30, 60]] * 3

@@ -242,6 +242,14 @@ class ActionConfig:
     (docs/actions.md)."""
     min_track_s: float = 1.0
     """Tracks shorter than this (seconds) are dropped as noise."""
+    conf_smooth_s: float = 0.0
+    """Gaussian sigma (seconds) over each reported track's box confidences: a box's confidence is
+    the detector's, averaged with its track's neighbouring boxes; 0 = the detector's own. AVA-style
+    frame mAP ranks box confidence x label probability, and one frame's detector score is noisy
+    (a limb, a neighbour, the occluder): configs/default.yaml has 0.2 (0.1-s tracking steps),
+    validation frame mAP +0.003 / +0.004 (short / long, 1 fps) and +0.002 / +0.005 (``-c
+    accurate``), 0.4 s about as good, 0.8 s and up worse (docs/actions.md). Only the reported
+    confidences change."""
     smooth_s: float = 0.8
     """Gaussian sigma (seconds) over each track's per-step label probabilities before decoding;
     0 = off. Measured on session 5's model, with 0.8 s: segment mAP@0.5 0.439 -> 0.526 on the held-out short clips,
@@ -268,6 +276,8 @@ class ActionConfig:
             raise ConfigError(f"actions.nms_labels: got {self.nms_labels!r}; use labels from actions.labels, [] (no NMS) or null (all)")
         if self.min_track_s < 0:
             raise ConfigError(f"actions.min_track_s: got {self.min_track_s!r}; use seconds >= 0")
+        if not (0 <= self.conf_smooth_s <= 60):
+            raise ConfigError(f"actions.conf_smooth_s: got {self.conf_smooth_s!r}; use 0 (off) to 60 seconds")
         if not (0 <= self.smooth_s <= 60):
             raise ConfigError(f"actions.smooth_s: got {self.smooth_s!r}; use 0 (off) to 60 seconds")
 

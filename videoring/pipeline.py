@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .actions import ActionModel, decode, load_model
+from .actions import ActionModel, decode, load_model, smooth
 from .actors import DET_BOX, ActorTokens, ROW_COLS, kin_dim, kinematics, look_dim, neighbour_gap, pixel_stats, roi_features, thumbnails
 from .arena import Arena
 from .config import PipelineConfig, load_config
@@ -454,7 +454,7 @@ class Pipeline:
         order = np.argsort(times)
         dense = np.concatenate([p[1] for p in allp])[order]
         obs = [o for p in allp for o in p[2]]
-        tracks = _tracks_from_rows(rows, self.cfg.actions.min_track_s, box=slice(2, 6))
+        tracks = _tracks_from_rows(rows, self.cfg.actions.min_track_s, box=slice(2, 6), conf_smooth_s=self.cfg.actions.conf_smooth_s)
         span = {t.id: (t.boxes[0][0], t.boxes[-1][0] + 1.0 / self.cfg.track.fps) for t in tracks}
         actions, segments, scores = decode(self.cfg.actions, times[order], dense, obs, span)
         for t in tracks:
@@ -584,12 +584,14 @@ def _long_tracks(rows: np.ndarray, min_s: float) -> set[int]:
     return {tid for tid, r in _by_track(rows) if r[-1, 0] - r[0, 0] >= min_s}
 
 
-def _tracks_from_rows(rows: np.ndarray, min_s: float, box: slice = DET_BOX) -> list[Track]:
-    """``box``: the columns of the reported box (conf is column 6 either way)."""
+def _tracks_from_rows(rows: np.ndarray, min_s: float, box: slice = DET_BOX, conf_smooth_s: float = 0.0) -> list[Track]:
+    """``box``: the columns of the reported box (conf is column 6 either way); ``conf_smooth_s``:
+    the Gaussian sigma of each box's confidence along its track (0: the detector's own)."""
     out = []
     for tid, r in _by_track(rows):
         if r[-1, 0] - r[0, 0] < min_s:
             continue
-        boxes = [[round(float(x[0]), 6), *(round(float(v), 2) for v in x[box]), round(float(x[6]), 4)] for x in r]
+        conf = smooth(r[:, 0], r[:, 6:7], conf_smooth_s)[:, 0]
+        boxes = [[round(float(x[0]), 6), *(round(float(v), 2) for v in x[box]), round(float(c), 4)] for x, c in zip(r, conf)]
         out.append(Track(int(tid), "actor", boxes))
     return out

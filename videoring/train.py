@@ -199,10 +199,11 @@ class TrainJob:
 
     def _cache_key(self) -> str:
         # a decode-only or model-only setting does not change the inputs: nms_labels,
-        # segment_tau_s and the recall_* settings are left out of the key (the
+        # segment_tau_s, conf_smooth_s and the recall_* settings are left out of the key (the
         # older decode-only fields, nms_iou and smooth_s, stay in it: caches made with them stay
         # valid); half_windows and texture are there as the actor token's lengths, under "feat"
-        act = {k: v for k, v in asdict(self.cfg.actions).items() if k not in ("nms_labels", "segment_tau_s", "half_windows", "texture")
+        act = {k: v for k, v in asdict(self.cfg.actions).items()
+               if k not in ("nms_labels", "segment_tau_s", "conf_smooth_s", "half_windows", "texture")
                and not k.startswith("recall_")}
         return json.dumps({"enc": self.pipe.encoder.settings(), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
                            "act": act, "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
