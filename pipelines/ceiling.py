@@ -4,17 +4,19 @@
 
 PRED and GT as ``videoring eval`` takes them: two results files, or two directories (each
 ``x.json`` in GT with ``x.json`` or ``x/results.json`` in PRED). Each predicted track keeps its
-boxes, but its action probabilities at the action steps (multiples of 1/--fps seconds, as the encoder grid samples them)
-are replaced by a one-hot of the ground-truth label of the actor its box overlaps at IoU >= 0.5
-(``idle``, the background, where none does); these go through the same decoder as the model's
-(the config's ``actions``: smoothing, arg-max runs, segment scores). The metrics are then an upper
-bound for any action model on these tracks at that step rate: the gap between them and the model's
-is the model's, the gap between them and 1.0 is the tracks' and the decoder's.
+boxes, but its action probabilities at the action steps (multiples of 1/--fps seconds, as the
+encoder grid samples them) are replaced by a one-hot of the ground-truth label of the actor its
+box overlaps at IoU >= 0.5 (``idle``, the background, where none does); these go through the same
+decoder as the model's (the config's ``actions``: smoothing, arg-max runs, segment scores). The
+metrics are then an upper bound for any action model on these tracks at that step rate: the gap
+between them and the model's is the model's, the gap between them and 1.0 is the tracks' and the
+decoder's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -67,10 +69,8 @@ def oracle(pred: Results, gt: Results, cfg: PipelineConfig, fps: float) -> Resul
     steps = np.arange(0.0, gt.video.duration_s, 1.0 / fps)
     # the dense head's part of a segment's score: the one-hot's own (no clip-level evidence)
     actions, segments, scores = decode(cfg.actions, steps, np.zeros((len(steps), len(labels))), obs, span)
-    out = Results(pred.video, pred.tracks, segments, actions, pred.clip_actions, labels)
-    for t in out.tracks:
-        t.scores = scores.get(t.id)
-    return out
+    tracks = [dataclasses.replace(t, scores=scores.get(t.id)) for t in pred.tracks]  # pred stays as it was
+    return Results(pred.video, tracks, segments, actions, pred.clip_actions, labels)
 
 
 def main() -> None:
