@@ -8,7 +8,8 @@ chosen on the validation split (seeds 9200+ short, 9600+ long: the same
 generator settings, other seeds), never on the held-out one. Short clips vary
 size (256x192 to 640x360), frame rate (8 to 25 fps) and pan, as users' videos
 do; long clips are 20-30 minutes at 320x240 10 fps, each with a return >= 10
-minutes after the first visit. Prints and writes (--out) the metrics as JSON.
+minutes after the first visit. Prints and writes (--out) the metrics as JSON; the predictions
+go to DATA/pred[_SPLIT][_CONFIG][_HASH of the overrides], one directory per setting.
 With --window-ablation the long clips are also analysed with attention
 restricted to independent 60-second windows (``temporal.window_s=60``).
 Takes ~10 minutes on 2 cores with --window-ablation at the default 1 fps
@@ -18,6 +19,7 @@ Takes ~10 minutes on 2 cores with --window-ablation at the default 1 fps
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -81,10 +83,15 @@ def main() -> None:
 
     short, long = clips(Path(args.data), args.short, args.long, args.split)
     tag = "" if args.split == "heldout" else f"_{args.split}"  # held-out keeps its original names
+    # one directory per config and overrides: a run with other settings must not overwrite these
+    if args.config != "default":
+        tag += f"_{Path(args.config).stem}"
+    if args.overrides:
+        tag += "_" + hashlib.blake2b(" ".join(args.overrides).encode(), digest_size=4).hexdigest()
     pred_dir = Path(args.data) / f"pred{tag}"
     pred_dir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.from_config(args.config, overrides=["output.annotate=false", *args.overrides])
-    report: dict = {"split": args.split, "config": str(args.config), "overrides": args.overrides}
+    report: dict = {"split": args.split, "config": str(args.config), "overrides": args.overrides, "predictions": str(pred_dir)}
     if short:
         pairs_s, secs, wall = run(pipe, short, pred_dir)
         report["short"] = {**evaluate(pairs_s), "video_s": secs, "wall_s": round(wall, 1)}
