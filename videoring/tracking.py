@@ -21,7 +21,7 @@ import torch
 
 from .config import TrackConfig
 from .errors import ConfigError
-from .yolo import import_ultralytics, load_detector, restore_threads
+from .yolo import import_ultralytics, load_detector, restore_threads, untimed_predictor
 
 __all__ = ["SPARE", "Tracker", "stitch", "box_iou", "link_tracklets", "extend_tracks", "suppress_duplicates"]
 
@@ -77,6 +77,7 @@ class Tracker:
             raise ConfigError(f"track.tracker: tracker_type {self._tcfg.tracker_type!r} in {cfg.tracker} is not supported")
         self._cls = TRACKER_MAP[self._tcfg.tracker_type]
         self.tracker = None
+        self._predictor = untimed_predictor()
 
     def _model_for(self, imgsz: tuple[int, int] | int):
         if imgsz not in self._models:
@@ -110,7 +111,7 @@ class Tracker:
             batch = [np.ascontiguousarray(img[..., ::-1]) for img in images[s : s + self.cfg.batch]]
             out += self.model.predict(
                 batch, imgsz=self.imgsz, conf=self.cfg.conf, iou=self.cfg.iou, classes=self.cfg.classes,
-                device="cpu", verbose=False,
+                device="cpu", verbose=False, predictor=self._predictor,
             )
         restore_threads(self.threads)  # each predictor call clamps torch's threads
         return out

@@ -19,7 +19,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["import_ultralytics", "load_detector", "restore_threads"]
+__all__ = ["import_ultralytics", "load_detector", "restore_threads", "untimed_predictor"]
 
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 
@@ -107,3 +107,31 @@ def _refuse_pickle_payload(path: Path) -> None:
     from .checkpoint import check_yolo_checkpoint
 
     check_yolo_checkpoint(path)
+
+
+def untimed_predictor() -> type:
+    """ultralytics' detection predictor, with its NMS time limit lifted.
+
+    ``non_max_suppression`` stops after ``2 + 0.05 * batch`` seconds and returns no boxes for
+    the batch's remaining frames (one warning line). On a loaded machine (another job on the
+    cores) a 16-frame batch can take that long, and frames would silently lose every actor:
+    results would depend on the machine's load. Pass as ``model.predict(predictor=...)``."""
+    import_ultralytics()
+    from ultralytics.models.yolo.detect import DetectionPredictor
+    from ultralytics.utils import nms
+
+    class UntimedPredictor(DetectionPredictor):
+        def postprocess(self, preds, img, orig_imgs, **kwargs):
+            timed = nms.non_max_suppression
+
+            def untimed(*args, **kw):
+                return timed(*args, **{**kw, "max_time_img": float("inf")})
+
+            # the predictor calls nms.non_max_suppression by module attribute: swap it for this call
+            nms.non_max_suppression = untimed
+            try:
+                return super().postprocess(preds, img, orig_imgs, **kwargs)
+            finally:
+                nms.non_max_suppression = timed
+
+    return UntimedPredictor
