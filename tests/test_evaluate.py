@@ -73,12 +73,16 @@ def test_frame_map_ranks_every_label_of_every_box_by_hand():
     pred.action_labels = ["arrive", "walk", "run"]
     m = evaluate([(pred, gt)])
     assert m["track_action_frame_mAP@0.5"] == 1.0
+    assert (m["track_action_frame_AP@0.5/arrive"], m["track_action_frame_AP@0.5/walk"]) == (1.0, 1.0)
+    assert "track_action_frame_AP@0.5/run" not in m
     assert m["track_action_frame_mAP@0.5_top1"] == pytest.approx(1 / 6)
     # without scores a box detects its current action only, at confidence x the action's score:
     # walk ranks 0.9 (hit) over 0.6 and 0.19, 0.19 (misses): AP 1; arrive 0; mean 0.5
     for tr in pred.tracks:
         tr.scores = None
-    assert evaluate([(pred, gt)])["track_action_frame_mAP@0.5"] == pytest.approx(0.5)
+    m = evaluate([(pred, gt)])
+    assert m["track_action_frame_mAP@0.5"] == pytest.approx(0.5)
+    assert (m["track_action_frame_AP@0.5/arrive"], m["track_action_frame_AP@0.5/walk"]) == (0.0, 1.0)
 
 
 def test_eval_rejects_scores_that_do_not_fit_the_labels(tmp_path):

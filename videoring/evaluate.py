@@ -15,6 +15,8 @@ Keys of the ``--json`` output:
   and is a true positive for a label when it overlaps (IoU >= 0.5) a ground-truth box with
   that action; a track without ``scores`` detects only its current action (confidence times
   that action's score);
+- ``track_action_frame_AP@0.5/LABEL``: that mean's parts, the AP of each label the ground
+  truth has (AVA's per-class table);
 - ``track_action_frame_mAP@0.5_top1``: each box a detection of its track's current action
   only (its arg-max), at that action's score (the key's definition before schema 1.2);
 - ``HOTA``, ``IDF1``, ``MOTA``: TrackEval (HOTA, Identity, CLEAR) on the frames of the
@@ -178,7 +180,8 @@ def _label_scores(res: Results, tid: int, t: float, conf: float, every_label: bo
     return [] if a is None else [((conf if every_label else 1.0) * a.score, a.label)]
 
 
-def _frame_map(pairs: list[tuple[Results, Results]], tol: float, every_label: bool = True) -> float:
+def _frame_ap(pairs: list[tuple[Results, Results]], tol: float, every_label: bool = True) -> dict[str, float]:
+    """AP per ground-truth label (labels the ground truth never has are not scored)."""
     labels = sorted({a.label for _, g in pairs for a in g.track_actions})
     dets: dict[str, list] = {lab: [] for lab in labels}
     n_gt = {lab: 0 for lab in labels}
@@ -201,9 +204,8 @@ def _frame_map(pairs: list[tuple[Results, Results]], tol: float, every_label: bo
                         used[idx[j]] = True
                         hit = 1
                 dets[lab].append((score, hit))
-    aps = [average_precision(np.array([d[0] for d in dets[lab]]), np.array([d[1] for d in dets[lab]]), n_gt[lab])
-           for lab in labels if n_gt[lab]]
-    return _mean(aps)
+    return {lab: average_precision(np.array([d[0] for d in dets[lab]]), np.array([d[1] for d in dets[lab]]), n_gt[lab])
+            for lab in labels if n_gt[lab]}
 
 
 def _tracking(pairs: list[tuple[Results, Results]], tol: float) -> dict[str, float]:
@@ -301,8 +303,11 @@ def evaluate(pairs: list[tuple[Results, Results]], background: str = "idle") -> 
     try:
         out = _clip(pairs)
         out.update(_segment_metrics(pairs, background))
-        out["track_action_frame_mAP@0.5"] = _frame_map(pairs, tol)
-        out["track_action_frame_mAP@0.5_top1"] = _frame_map(pairs, tol, every_label=False)
+        per_label = _frame_ap(pairs, tol)
+        out["track_action_frame_mAP@0.5"] = _mean(list(per_label.values()))
+        out["track_action_frame_mAP@0.5_top1"] = _mean(list(_frame_ap(pairs, tol, every_label=False).values()))
+        # the mean's parts, as AVA reports them: which actions pull it down
+        out.update({f"track_action_frame_AP@0.5/{lab}": ap for lab, ap in per_label.items()})
         out.update(_tracking(pairs, tol))
         out["return_arrive_accuracy"] = _return_arrive(pairs, tol)
     finally:
