@@ -77,7 +77,7 @@ class Tracker:
             raise ConfigError(f"track.tracker: tracker_type {self._tcfg.tracker_type!r} in {cfg.tracker} is not supported")
         self._cls = TRACKER_MAP[self._tcfg.tracker_type]
         self.tracker = None
-        self._predictor = untimed_predictor()
+        self._predictor = untimed_predictor(cfg.allow_download)
 
     def _model_for(self, imgsz: tuple[int, int] | int):
         if imgsz not in self._models:

@@ -109,14 +109,14 @@ def _refuse_pickle_payload(path: Path) -> None:
     check_yolo_checkpoint(path)
 
 
-def untimed_predictor() -> type:
+def untimed_predictor(allow_download: bool = False) -> type:
     """ultralytics' detection predictor, with its NMS time limit lifted.
 
     ``non_max_suppression`` stops after ``2 + 0.05 * batch`` seconds and returns no boxes for
     the batch's remaining frames (one warning line). On a loaded machine (another job on the
     cores) a 16-frame batch can take that long, and frames would silently lose every actor:
     results would depend on the machine's load. Pass as ``model.predict(predictor=...)``."""
-    import_ultralytics()
+    import_ultralytics(allow_download)
     from ultralytics.models.yolo.detect import DetectionPredictor
     from ultralytics.utils import nms
 
