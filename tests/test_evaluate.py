@@ -56,6 +56,31 @@ def test_frame_map_and_return_arrive_by_hand():
     assert evaluate([(wrong, gt)])["track_action_frame_mAP@0.5"] == pytest.approx(0.5)
 
 
+def test_returns_after_10_minutes_by_hand():
+    """Actor 1 returns 698 s after it was last seen, actor 2 after 98 s: only the first is a
+    long-range return. Labelling it ``arrive`` costs 1 of 4 phases, and all of the long range."""
+    def visits(x, starts):
+        return [[s + i / 5, x, 10, x + 20, 30, 1.0] for s in starts for i in range(10)]
+
+    # actor 1's visits are two tracks of one appearance (as the synthetic ground truth has them);
+    # actor 2's one track with a gap
+    tracks = [Track(1, "actor", visits(10, (0,)), appearance=5), Track(3, "actor", visits(10, (700,)), appearance=5),
+              Track(2, "actor", visits(60, (0, 100)))]
+    phases = [(1, "arrive", 0.0), (3, "return", 700.0), (2, "arrive", 0.0), (2, "return", 100.0)]
+    gt = _res(tracks, actions=[TrackAction(t, lab, s, s + 1.0) for t, lab, s in phases], dur=702.0)
+    right = _res(tracks, actions=[TrackAction(t, lab, s, s + 1.0, 0.9) for t, lab, s in phases], dur=702.0)
+    swapped = [(t, "arrive" if s == 700.0 else lab, s) for t, lab, s in phases]
+    wrong = _res(tracks, actions=[TrackAction(t, lab, s, s + 1.0, 0.9) for t, lab, s in swapped], dur=702.0)
+    m = evaluate([(right, gt)])
+    assert (m["return_arrive_accuracy"], m["return_accuracy_after_10min"], m["returns_after_10min"]) == (1.0, 1.0, 1)
+    m = evaluate([(wrong, gt)])
+    assert (m["return_arrive_accuracy"], m["return_accuracy_after_10min"], m["returns_after_10min"]) == (0.75, 0.0, 1)
+    # no long return at all: the accuracy is undefined, not 0 or 1
+    short = _res(tracks[2:], actions=[TrackAction(2, lab, s, s + 1.0) for _, lab, s in phases[2:]], dur=702.0)
+    m = evaluate([(short, short)])
+    assert m["returns_after_10min"] == 0 and np.isnan(m["return_accuracy_after_10min"])
+
+
 def test_frame_map_ranks_every_label_of_every_box_by_hand():
     """AVA's protocol: a box detects every label at confidence x probability. Keyframes t=0
     (arrive) and t=1 (walk). Track 3 (the actor, confidence 1) puts walk first at t=0 (0.6 vs
@@ -119,7 +144,8 @@ def test_eval_cli_files_and_directories(tmp_path):
         assert r.returncode == 0, r.stderr
         m = json.loads(r.stdout)
         for key in ("clip_top1", "clip_top5", "segment_mAP@0.5", "segment_mAP_thumos", "segment_mAP_anet",
-                    "track_action_frame_mAP@0.5", "track_action_frame_mAP@0.5_top1", "HOTA", "IDF1", "MOTA", "return_arrive_accuracy"):
+                    "track_action_frame_mAP@0.5", "track_action_frame_mAP@0.5_top1", "HOTA", "IDF1", "MOTA", "return_arrive_accuracy",
+                    "return_accuracy_after_10min", "returns_after_10min"):
             assert key in m
         assert m["IDF1"] == 1.0 and m["segment_mAP@0.5"] == 1.0
     bad = tmp_path / "bad.json"
