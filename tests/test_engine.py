@@ -434,16 +434,18 @@ def test_recall_heads_and_tilt_equal_a_float64_reference():
         assert (ago(one(looks, times, mask)[..., 0]) - ago(several[..., h]))[mask].abs().max() < 1e-3, h
 
 
-def test_recall_lag_equals_a_float64_reference():
+@pytest.mark.parametrize("lag_tilt", [True, False])
+def test_recall_lag_equals_a_float64_reference(lag_tilt):
     """With ``lag_s``, each head also recalls only keys at least that long before the query (in
     frames of the sampling step): whether there were any, log1p(seconds since their softmax-
     weighted mean time) / 4, and temperature x (1 - the cosine to their weighted mean
-    embedding) / 4, as written out here in float64; the heads' own numbers are unchanged."""
+    embedding) / 4, as written out here in float64, the keys weighed by the tilt too or (without
+    ``lag_tilt``) by similarity alone; the heads' own numbers are unchanged (tilted either way)."""
     from videoring.temporal import Recall
 
     torch.manual_seed(1)
     T, A, H, L, lag = 15, 3, 2, 9, 3
-    model = Recall(L, dim=8, heads=H, tilt=True, lag_s=lag * 23.0 - 5.0)  # 18 s past 2 steps of 23 s: 3 frames
+    model = Recall(L, dim=8, heads=H, tilt=True, lag_s=lag * 23.0 - 5.0, lag_tilt=lag_tilt)  # 18 s past 2 steps of 23 s: 3 frames
     with torch.no_grad():
         model.tilt.copy_(torch.tensor([0.3, -0.2]))
         model.log_temp.copy_(torch.tensor([2.0, 1.0]))  # cosines far from 1: the clamp at 20 stays out of it
@@ -468,7 +470,7 @@ def test_recall_lag_equals_a_float64_reference():
     for h in range(H):
         zh = z[:, :, h].reshape(T * A, -1)
         temp = model.log_temp[h].double().exp()
-        s = temp * zh @ zh.T - model.tilt[h].double() * t[None] / Recall.TILT_UNIT_S
+        s = temp * zh @ zh.T - (model.tilt[h].double() * t[None] / Recall.TILT_UNIT_S if lag_tilt else 0)
         p = torch.softmax(s.masked_fill(~visible, -1e300), -1)
         ago = (t - p @ t).clamp_min(0)
         cos = ((p @ zh) * zh).sum(-1)

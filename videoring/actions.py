@@ -80,7 +80,8 @@ class ActionModel(nn.Module):
         actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
                                       look=slice(roi_dim, roi_dim + look), height=roi_dim + look + KIN_HEIGHT if a.recall_shape else None,
-                                      recall_heads=a.recall_heads, recall_tilt=a.recall_tilt, recall_lag_s=a.recall_lag_s)
+                                      recall_heads=a.recall_heads, recall_tilt=a.recall_tilt, recall_lag_s=a.recall_lag_s,
+                                      recall_lag_tilt=a.recall_lag_tilt)
         d = cfg.temporal.dim
         self.clip_head = nn.Linear(d, L)
         self.dense_head = nn.Linear(d, L)

@@ -163,18 +163,20 @@ class Recall(nn.Module):
     TILT_UNIT_S = 100.0  # and the tilt's key channel in this one: a tilt of 1 weighs a look 100 s older e times more
 
     def __init__(self, look_dim: int, dim: int = 32, height: bool = False, heads: int = 1, tilt: bool = False,
-                 lag_s: float = 0.0) -> None:
+                 lag_s: float = 0.0, lag_tilt: bool = True) -> None:
         """``height``: the looks end with the box's height (a fraction of the frame's), which
         enters as 2 (log(height) + 1.6): centred on a fifth of the frame, and a build's spread
         about a thumbnail pixel's. ``heads``: independent projections and temperatures, each
         its own answer. ``tilt``: each head also learns a bias per second of a key's age (init
         0), so it can prefer older looks over the actor's own recent tokens. ``lag_s`` (> 0):
-        each head also recalls only looks at least ``lag_s`` seconds old (:meth:`lagged`)."""
+        each head also recalls only looks at least ``lag_s`` seconds old (:meth:`lagged`), weighed
+        by the tilt too if ``lag_tilt``, else by similarity alone."""
         super().__init__()
         self.height = height
         self.heads = heads
         self.dim = dim
         self.lag_s = float(lag_s)
+        self.lag_tilt = lag_tilt
         self.proj = nn.Linear(look_dim + height, dim * heads)
         # one head keeps the scalar parameter of the models trained before heads existed
         t0 = math.log(20.0)
@@ -255,6 +257,8 @@ class Recall(nn.Module):
         """
         B, _, N, D = z.shape
         pad = q.shape[-1] - D  # the tilt's channel
+        if pad and not self.lag_tilt:
+            q = torch.cat([q[..., :D], q.new_zeros(B, 1, N, pad)], -1)  # keys weighed by similarity alone
         # values: [time, 1 (is there any key), embedding]; q/k padded to the values' width
         v = torch.cat([t.unsqueeze(-1) / self.TIME_UNIT_S, torch.ones_like(t).unsqueeze(-1), z.to(t.dtype)], -1)
         v = torch.cat([v, v.new_zeros(B, 1, N, pad)], -1)
@@ -291,10 +295,11 @@ def _frame_lag(times: Tensor, lag_s: float, group=None) -> int:
 class TemporalModel(nn.Module):
     def __init__(self, cfg: TemporalConfig, in_dim: int, tokens_per_frame: int, actor_dim: int = 0, max_actors: int = 0,
                  look: slice | None = None, height: int | None = None, recall_heads: int = 1, recall_tilt: bool = False,
-                 recall_lag_s: float = 0.0) -> None:
+                 recall_lag_s: float = 0.0, recall_lag_tilt: bool = True) -> None:
         """``look``: where the thumbnail sits in an actor token's features (enables :class:`Recall`);
         ``height``: where the box's height sits, for Recall to compare too; ``recall_heads``,
-        ``recall_tilt`` and ``recall_lag_s``: :class:`Recall`'s ``heads``, ``tilt`` and ``lag_s``."""
+        ``recall_tilt``, ``recall_lag_s`` and ``recall_lag_tilt``: :class:`Recall`'s ``heads``,
+        ``tilt``, ``lag_s`` and ``lag_tilt``."""
         super().__init__()
         self.cfg = cfg
         self.P = tokens_per_frame
@@ -306,7 +311,7 @@ class TemporalModel(nn.Module):
         if max_actors:
             if look is not None:
                 self.recall = Recall(look.stop - look.start, height=height is not None, heads=recall_heads, tilt=recall_tilt,
-                                     lag_s=recall_lag_s)
+                                     lag_s=recall_lag_s, lag_tilt=recall_lag_tilt)
                 actor_dim += self.recall.outputs
             self.actor_proj = nn.Sequential(nn.LayerNorm(actor_dim), nn.Linear(actor_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.type_emb = nn.Embedding(2, cfg.dim)
