@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .results import Results
+from .results import Results, TrackAction
 from .tracking import box_iou
 
 __all__ = ["evaluate", "evaluate_pairs", "load_pairs", "segment_ap", "average_precision"]
@@ -255,14 +255,15 @@ LONG_GAP_S = 600.0  # the issue's long range: a return at least 10 minutes after
 
 
 def _return_arrive(pairs: list[tuple[Results, Results]], tol: float) -> dict[str, float | int]:
-    """``return_arrive_accuracy`` over every ground-truth arrive/return, and over the returns
-    that come at least :data:`LONG_GAP_S` after the actor's last box before them (its earlier
-    boxes: its track's, and those of the tracks with its ``appearance``)
-    (``return_accuracy_after_10min``, with their count ``returns_after_10min``): the pair is
-    only long-range where the gap is, and most returns in a clip come sooner."""
+    """``return_arrive_accuracy`` over every ground-truth arrive/return; and
+    ``return_accuracy_after_10min`` (with their count, ``returns_after_10min``) over the returns
+    at least :data:`LONG_GAP_S` after the actor's last earlier box, on its own track or another
+    of its ``appearance``: the pair is long-range only where the gap is, and most returns in a
+    clip come sooner."""
     correct, total, long_ok, long_n = 0, 0, 0, 0
     for pred, gt in pairs:
-        # the actor across visits: the ground truth's ``appearance`` (a visit is a track of its own)
+        # the actor across visits: the ground truth's ``appearance`` (a visit is a track of its
+        # own), else the track (tagged apart: an appearance number is not a track ID)
         who = {t.id: (t.id if t.appearance is None else ("a", t.appearance)) for t in gt.tracks}
         seen: dict = {}  # actor -> times of its boxes
         for t in gt.tracks:
@@ -284,7 +285,7 @@ def _return_arrive(pairs: list[tuple[Results, Results]], tol: float) -> dict[str
             "return_accuracy_after_10min": long_ok / long_n if long_n else nan, "returns_after_10min": long_n}
 
 
-def _phase_right(pred: Results, a, boxes: np.ndarray, tol: float) -> bool:
+def _phase_right(pred: Results, a: TrackAction, boxes: np.ndarray, tol: float) -> bool:
     """Whether the predicted track overlapping this actor most during the phase ``a`` has the
     phase's label (arrive or return, whichever covers more of the interval)."""
     votes: dict[int, float] = {}
