@@ -194,6 +194,34 @@ def test_pixel_stats_band_above_the_box():
         assert out[5] > 0.02 and out[3] == 0.0
 
 
+def test_pixel_stats_band_mask_leaves_out_other_boxes():
+    """An actor of another colour walking through the band above an idle box changes the band
+    as a hand would; with ``band_mask`` the cells its box covers are left out (the idle box's
+    band then does not change), while a hand where no box is still counts."""
+    from videoring.actors import PixelStats
+
+    img = np.full((60, 60, 3), 90, np.uint8)
+    img[30:50, 20:40] = (230, 40, 40)  # the idle box
+    idle = [1, 20, 30, 40, 50, 0.9, 0]
+    changes = {}
+    for mask in (False, True):
+        st = PixelStats(band_mask=mask)
+        for k, x in enumerate((6, 16, 26)):  # the passer's box, 12 px wide, over the band's rows 20-30
+            frame = img.copy()
+            frame[8:29, x : x + 12] = (40, 200, 40)
+            rows = np.array([[0.1 * k, *idle], [0.1 * k, 2, x, 8, x + 12, 29, 0.9, 0]], float)
+            out = st(frame, rows)
+        changes[mask] = out[0, 5]
+        assert out[0, 3] == 0.0  # the idle box itself does not change
+    assert changes[False] > 0.05 and changes[True] < 0.1 * changes[False]
+    st = PixelStats(band_mask=True)  # a hand with no box over it: as without the mask
+    for k, x in enumerate((14, 34, 14)):
+        hand = img.copy()
+        hand[22:27, x : x + 5] = (230, 40, 40)
+        out = st(hand, np.array([[0.1 * k, *idle], [0.1 * k, 2, 0, 0, 10, 10, 0.9, 0]], float))[0]
+    assert 0.04 < out[4] < 0.15 and out[5] > 0.02
+
+
 def test_neighbour_gap_same_ground_line_only():
     from videoring.actors import GAP_MAX, neighbour_gap
 

@@ -82,6 +82,17 @@ def test_prepare_from_end_meets_the_forward_pass_with_the_same_items(clips, tmp_
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_feature_cache_key_keeps_older_caches():
+    """A token setting added later (``actions.band_mask``) enters the cache key only when on:
+    the caches prepared before it existed keep their keys."""
+    from videoring.train import TrainJob, load_train_config
+
+    off = TrainJob(load_train_config("configs/train_synth.yaml", []))._cache_key()
+    on = TrainJob(load_train_config("configs/train_synth.yaml", ["actions.band_mask=true"]))._cache_key()
+    assert "band_mask" not in off and '"band_mask": true' in on
+    assert json.loads(on)["act"] == {**json.loads(off)["act"], "band_mask": True}
+
+
 def test_train_precision_is_checked():
     from videoring.errors import ConfigError
     from videoring.train import load_train_config
@@ -119,10 +130,12 @@ def test_texture_model_trains_and_is_loaded_only_with_texture(clips, tmp_path):
                                            ("recall_heads=3", "recall_heads=1"),
                                            ("recall_tilt=true", "recall_tilt=false"),
                                            ("recall_lag_s=8.0", "recall_lag_s=0"),
-                                           ("recall_lag_s=8.0", "recall_lag_s=16")])
+                                           ("recall_lag_s=8.0", "recall_lag_s=16"),
+                                           ("band_mask=true", "band_mask=false")])
 def test_recall_settings_load_only_with_themselves(tmp_path, setting, off):
-    """Recall's settings change the model, not the actor token: a checkpoint made with one loads
-    with it, and a config without it is told the setting."""
+    """Recall's settings (and ``band_mask``, which changes what the actor token's numbers mean,
+    not its length): a checkpoint made with one loads with it, and a config without it is told
+    the setting."""
     from dataclasses import asdict
 
     from videoring.actions import ActionModel, load_model, save_model

@@ -126,7 +126,7 @@ def save_model(model: ActionModel, path: str | Path, meta: dict) -> None:
                   metadata={"videoring": json.dumps(meta)})
 
 
-_TOKEN_FIELDS = ("half_windows", "texture", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt", "recall_lag_s")  # settings that shape the actor tokens or Recall
+_TOKEN_FIELDS = ("half_windows", "texture", "band_mask", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt", "recall_lag_s")  # settings that shape the actor tokens or Recall
 
 
 def load_model(model: ActionModel, path: str | Path) -> dict:
@@ -153,8 +153,9 @@ def load_model(model: ActionModel, path: str | Path) -> dict:
     trained, base = (meta.get("config") or {}).get("actions", {}), ActionConfig()  # older checkpoints: defaults
     was = {k: trained.get(k, getattr(base, k)) for k in _TOKEN_FIELDS}
     hint = [f"actions.{k}={json.dumps(v)}" for k, v in was.items() if v != getattr(model.actions_cfg, k)]
-    # Recall's lag has no weights of its own: another lag loads, and recalls other keys than trained on
-    if missing or unexpected or was["recall_lag_s"] != model.actions_cfg.recall_lag_s:
+    # Recall's lag and the band mask have no weights of their own: another lag or band loads, and
+    # recalls other keys or reads other numbers than trained on
+    if missing or unexpected or any(was[k] != getattr(model.actions_cfg, k) for k in ("recall_lag_s", "band_mask")):
         raise ConfigError(f"actions.model: {p} does not fit this config (missing {missing[:2]}, unexpected {unexpected[:2]}); "
                           + (f"it was trained with {' '.join(hint)}" if hint else "use the config it was trained with"))
     return meta

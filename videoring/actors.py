@@ -88,7 +88,10 @@ class PixelStats:
 
     FORGET_S = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, band_mask: bool = False) -> None:
+        self.band_mask = band_mask
+        """Leave out of the band the cells other boxes of the frame cover (NaN in the saved band):
+        an actor passing above an idle one otherwise reads as a waving hand."""
         self.last: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # ID -> (box crop, band crop)
         self._seen: dict[int, float] = {}  # ID -> time of its last crop (not saved on resume: only prunes)
 
@@ -108,22 +111,43 @@ class PixelStats:
             mean = c[q:-q, q:-q].reshape(-1, 3).mean(0)
             out[i, :3] = mean / 255.0
             band = _crop(img, _above(r[2:6]), _BAND)
+            if band is not None and self.band_mask:
+                band[_covered(img.shape, _above(r[2:6]), np.delete(rows, i, 0)[:, 2:6])] = np.nan
             if band is not None:
-                out[i, 4] = float((np.linalg.norm(band - mean, axis=2) < _MATCH).mean())
+                near = np.linalg.norm(band - mean, axis=2) < _MATCH  # False on a masked cell
+                free = ~np.isnan(band[..., 0])
+                out[i, 4] = float(near.mean()) if free.all() else float(near[free].mean()) if free.any() else 0.0
             tid = int(r[1])
             if tid < 0:  # a spare detection (no track yet): nothing to compare with
                 continue
             prev, prev_band = self.last.get(tid, (None, None))
             out[i, 3] = 0.0 if prev is None else float(np.abs(c - prev).mean() / 255.0)
             if band is not None and prev_band is not None:
-                out[i, 5] = float(np.abs(band - prev_band).mean() / 255.0)
+                d = np.abs(band - prev_band)
+                both = ~np.isnan(d)
+                out[i, 5] = float(d.mean() / 255.0) if both.all() else float(d[both].mean() / 255.0) if both.any() else 0.0
             self.last[tid] = (c, band)
             self._seen[tid] = float(r[0])
         return out
 
 
-def pixel_stats() -> PixelStats:
-    return PixelStats()
+def pixel_stats(band_mask: bool = False) -> PixelStats:
+    return PixelStats(band_mask)
+
+
+def _covered(shape: tuple[int, ...], band: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """(_BAND) bool: the cells of the band (clipped to the frame, as :func:`_crop` reads it) that
+    any of the ``others`` (M, 4) boxes overlaps (a cell is an area average: a box's edge in it
+    would leak into it)."""
+    H, W = shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in band)
+    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
+    bh, bw = _BAND
+    ye = y1 + np.arange(bh + 1) * (y2 - y1) / bh  # cell edges
+    xe = x1 + np.arange(bw + 1) * (x2 - x1) / bw
+    in_y = (ye[None, :-1] < others[:, 3:4]) & (ye[None, 1:] > others[:, 1:2])  # (M, bh)
+    in_x = (xe[None, :-1] < others[:, 2:3]) & (xe[None, 1:] > others[:, 0:1])  # (M, bw)
+    return (in_y[:, :, None] & in_x[:, None, :]).any(0)
 
 
 def neighbour_gap(rows: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:

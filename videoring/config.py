@@ -202,6 +202,15 @@ class ActionConfig:
     them is loaded with them; the shipped model has them. 52-clip A/B on the validation clips:
     return/arrive 0.751 -> 0.790 (short), 0.606 -> 0.662 (long), frame and segment mAP +0.02;
     the shipped 156-clip model, held-out long clips: return/arrive 0.717 -> 0.744 (docs/actions.md)."""
+    band_mask: bool = False
+    """The band above each box (the waving hand's place, :class:`videoring.actors.PixelStats`)
+    leaves out the cells another box of the frame covers: an actor of a farther lane passing
+    above an idle one otherwise changes the band as a hand would. No shipped model is trained
+    with it: a model trained with it is loaded with it. Why (session 31, the shipped 2-fps
+    model, 16 short clips): idle boxes whose band another box covers by more than a quarter
+    were read wrong 52% of the time (67 of 128), against 24% (131 of 537) with the band free;
+    masking at inference alone (a prototype masking the cells by their centres), with a model
+    trained unmasked, lowered validation frame mAP 0.874 -> 0.863 (docs/actions.md)."""
     recall_shape: bool = False
     """Recall (:class:`videoring.temporal.Recall`) also compares the box's height (a fraction of
     the frame's, from the actor token's kinematics) beside the look: two look-alikes of other

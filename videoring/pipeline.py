@@ -254,7 +254,7 @@ class Pipeline:
                     toks[n_tok : n_tok + len(p["toks"])] = p["toks"]
                     n_tok += len(p["toks"])
             span.roi = [r for p in done_parts.get(k, []) for r in _kept(p["roi"], roi_store)]
-            stats = pixel_stats()
+            stats = pixel_stats(self.cfg.actions.band_mask)
             skip = sum(p["frames"] for p in done_parts.get(k, []))
             if gt_rows is None:
                 self.tracker.reset((W, H))

@@ -42,6 +42,11 @@ from .tracking import box_iou
 __all__ = ["TrainConfig", "TrainJob", "Trained", "prepare_video", "label_inputs", "train", "load_train_config"]
 
 
+_KEY_IF_ON = ("band_mask",)
+"""Actor-token settings added after caches existed: in the feature cache's key only when on, so
+that the caches made before them keep their keys."""
+
+
 @dataclass
 class TrainOptions:
     videos: list[str] = field(default_factory=list)
@@ -204,7 +209,7 @@ class TrainJob:
         # valid); half_windows and texture are there as the actor token's lengths, under "feat"
         act = {k: v for k, v in asdict(self.cfg.actions).items()
                if k not in ("nms_labels", "segment_tau_s", "conf_smooth_s", "half_windows", "texture")
-               and not k.startswith("recall_")}
+               and not k.startswith("recall_") and not (k in _KEY_IF_ON and not v)}
         return json.dumps({"enc": self.pipe.encoder.settings(), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
                            "act": act, "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
                            "seed": self.cfg.seed, "v": 2,
