@@ -283,6 +283,37 @@ def test_texture_features_tell_look_alikes_apart(shape):
     assert not texture_features(img, np.array([0, 0, 3, 3], float)).any()  # too small: zeros
 
 
+@pytest.mark.parametrize("shape, H", [("square", 240), ("circle", 240), ("star", 240), ("star", 600)])
+def test_masked_texture_features_read_the_pattern_on_the_actor(shape, H):
+    """The synthetic renderer's four look-alikes on a noisy grey background, boxes one pixel
+    loose (and a 150-px actor, read resized): on the actor's own pixels the pattern is plain:
+    solid has no dark part, stripes are periodic down and not across, dots both ways, a frame is
+    dark on the border and nowhere inside, on a star too, where the whole box's border ring
+    (:func:`texture_features`) is background and does not tell a frame from solid."""
+    from videoring.actors import THUMB_DIM, TEX_DIM, masked_texture_features, texture_features, thumbnails
+    from videoring.synth.render import _paste, _sprite
+    from videoring.synth.scenario import Appearance
+
+    rng = np.random.default_rng(0)
+    f, whole = {}, {}
+    for pattern in ("solid", "stripes", "dots", "frame"):
+        mask, rgb = _sprite(Appearance(0, shape, (50, 80, 235), pattern, 0.25, 0.9), H)
+        img = np.clip(110 + rng.normal(0, 6, (H, H, 3)), 0, 255).astype(np.uint8)
+        _paste(img, mask, rgb, 40, 30)
+        box = np.array([39, 29, 41 + mask.shape[1], 31 + mask.shape[0]], float)
+        f[pattern], whole[pattern] = masked_texture_features(img, box), texture_features(img, box)
+        look = thumbnails(img, box[None], texture=True, masked=True)[0]
+        assert look.shape == (THUMB_DIM + 2 * TEX_DIM,) and np.allclose(look[THUMB_DIM + TEX_DIM :], f[pattern])
+    down, across, border, inside = ({p: v[i] for p, v in f.items()} for i in range(4))
+    assert max(f["solid"]) < 0.05
+    assert down["stripes"] > 0.8 and across["stripes"] < 0.2 and 0.35 < inside["stripes"] < 0.65
+    assert down["dots"] > 0.4 and across["dots"] > 0.4
+    assert border["frame"] > 0.9 and inside["frame"] < 0.1 and max(down["frame"], across["frame"]) < 0.1
+    if shape == "star":
+        assert abs(whole["frame"][2] - whole["solid"][2]) < 0.05  # the whole box's ring: no difference
+    assert not masked_texture_features(img, np.array([0, 0, 3, 3], float)).any()  # too small: zeros
+
+
 def test_half_window_kinematics_tell_before_from_after():
     """An actor walks (10 px/s) until t=1, then runs (50 px/s): the centred velocity mixes the
     two; the half-windows give each side's own; the first KIN_DIM numbers do not change."""

@@ -83,14 +83,15 @@ def test_prepare_from_end_meets_the_forward_pass_with_the_same_items(clips, tmp_
 
 
 def test_feature_cache_key_keeps_older_caches():
-    """A token setting added later (``actions.band_mask``) enters the cache key only when on:
+    """Token settings added later (``actions.band_mask``, ``texture_masked``) enter the cache key only when on:
     the caches prepared before it existed keep their keys."""
     from videoring.train import TrainJob, load_train_config
 
     off = TrainJob(load_train_config("configs/train_synth.yaml", []))._cache_key()
-    on = TrainJob(load_train_config("configs/train_synth.yaml", ["actions.band_mask=true"]))._cache_key()
-    assert "band_mask" not in off and '"band_mask": true' in on
-    assert json.loads(on)["act"] == {**json.loads(off)["act"], "band_mask": True}
+    for setting in ("band_mask", "texture_masked"):
+        on = TrainJob(load_train_config("configs/train_synth.yaml", [f"actions.{setting}=true"]))._cache_key()
+        assert setting not in off and f'"{setting}": true' in on
+        assert json.loads(on)["act"] == {**json.loads(off)["act"], setting: True}
 
 
 def test_train_precision_is_checked():
@@ -131,11 +132,14 @@ def test_texture_model_trains_and_is_loaded_only_with_texture(clips, tmp_path):
                                            ("recall_tilt=true", "recall_tilt=false"),
                                            ("recall_lag_s=8.0", "recall_lag_s=0"),
                                            ("recall_lag_s=8.0", "recall_lag_s=16"),
-                                           ("band_mask=true", "band_mask=false")])
+                                           ("band_mask=true", "band_mask=false"),
+                                           ("texture_masked=true", "texture_masked=false"),
+                                           # the same shapes: 4 texture numbers either way
+                                           ("texture=false actions.texture_masked=true", "texture=true")])
 def test_recall_settings_load_only_with_themselves(tmp_path, setting, off):
-    """Recall's settings (and ``band_mask``, which changes what the actor token's numbers mean,
-    not its length): a checkpoint made with one loads with it, and a config without it is told
-    the setting."""
+    """Recall's settings, and the actor token's where its length does not show them (``band_mask``;
+    ``texture`` against ``texture_masked``): a checkpoint made with one loads with it, and a
+    config without it is told the setting."""
     from dataclasses import asdict
 
     from videoring.actions import ActionModel, load_model, save_model
@@ -143,7 +147,7 @@ def test_recall_settings_load_only_with_themselves(tmp_path, setting, off):
     from videoring.errors import ConfigError
 
     def model(o: str) -> tuple[ActionModel, PipelineConfig]:
-        cfg = load_config("configs/default.yaml", [f"actions.{o}"], cls=PipelineConfig)
+        cfg = load_config("configs/default.yaml", [x if x.startswith("actions.") else f"actions.{x}" for x in o.split()], cls=PipelineConfig)
         return ActionModel(cfg, 192, 5), cfg
 
     m, cfg = model(setting)

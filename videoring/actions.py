@@ -76,7 +76,7 @@ class ActionModel(nn.Module):
         self.actions_cfg = a  # what the actor token holds: load_model names a mismatch
         L = len(self.labels)
         roi_dim = enc_dim * a.roi_size * a.roi_size
-        look = look_dim(a.texture)
+        look = look_dim(a.texture, a.texture_masked)
         actor_dim = roi_dim + look + kin_dim(a.half_windows)  # the layout videoring.pipeline builds
         self.temporal = TemporalModel(cfg.temporal, enc_dim, tokens_per_frame, actor_dim, a.max_actors,
                                       look=slice(roi_dim, roi_dim + look), height=roi_dim + look + KIN_HEIGHT if a.recall_shape else None,
@@ -126,7 +126,8 @@ def save_model(model: ActionModel, path: str | Path, meta: dict) -> None:
                   metadata={"videoring": json.dumps(meta)})
 
 
-_TOKEN_FIELDS = ("half_windows", "texture", "band_mask", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt", "recall_lag_s")  # settings that shape the actor tokens or Recall
+_SAME_SHAPES = ("recall_lag_s", "band_mask", "texture", "texture_masked")  # of _TOKEN_FIELDS: not told apart by shapes
+_TOKEN_FIELDS = ("half_windows", "texture", "texture_masked", "band_mask", "roi_size", "max_actors", "recall_shape", "recall_heads", "recall_tilt", "recall_lag_s")  # settings that shape the actor tokens or Recall
 
 
 def load_model(model: ActionModel, path: str | Path) -> dict:
@@ -153,9 +154,10 @@ def load_model(model: ActionModel, path: str | Path) -> dict:
     trained, base = (meta.get("config") or {}).get("actions", {}), ActionConfig()  # older checkpoints: defaults
     was = {k: trained.get(k, getattr(base, k)) for k in _TOKEN_FIELDS}
     hint = [f"actions.{k}={json.dumps(v)}" for k, v in was.items() if v != getattr(model.actions_cfg, k)]
-    # Recall's lag and the band mask have no weights of their own: another lag or band loads, and
-    # recalls other keys or reads other numbers than trained on
-    if missing or unexpected or any(was[k] != getattr(model.actions_cfg, k) for k in ("recall_lag_s", "band_mask")):
+    # Recall's lag and the band mask have no weights of their own, and texture without
+    # texture_masked has the shapes of the reverse: such a checkpoint loads, and would recall
+    # other keys or read other numbers than trained on
+    if missing or unexpected or any(was[k] != getattr(model.actions_cfg, k) for k in _SAME_SHAPES):
         raise ConfigError(f"actions.model: {p} does not fit this config (missing {missing[:2]}, unexpected {unexpected[:2]}); "
                           + (f"it was trained with {' '.join(hint)}" if hint else "use the config it was trained with"))
     return meta

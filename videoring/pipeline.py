@@ -321,7 +321,7 @@ class Pipeline:
         return out
 
     def _appearance_dim(self) -> int:
-        return self.encoder.dim * self.cfg.actions.roi_size ** 2 + look_dim(self.cfg.actions.texture)
+        return self.encoder.dim * self.cfg.actions.roi_size ** 2 + look_dim(self.cfg.actions.texture, self.cfg.actions.texture_masked)
 
     def _roi(self, grid: Tensor, images: np.ndarray, times: np.ndarray, rows: np.ndarray,
              wh: tuple[int, int]) -> list[dict[int, Tensor]]:
@@ -338,8 +338,9 @@ class Pipeline:
             ids.append(r[:, 1].astype(int))
         # kept until the end of the video: fp16 halves the hour's ~45 MB of them (rounding 5e-4 relative)
         feats = roi_features(grid, boxes, wh, self.cfg.actions.roi_size, torch.float16)
-        tex = self.cfg.actions.texture
-        feats = [torch.cat([f, torch.as_tensor(thumbnails(img, b, tex)).to(f.dtype)], dim=1) for f, img, b in zip(feats, images, boxes)]
+        a = self.cfg.actions
+        feats = [torch.cat([f, torch.as_tensor(thumbnails(img, b, a.texture, a.texture_masked)).to(f.dtype)], dim=1)
+                 for f, img, b in zip(feats, images, boxes)]
         return [dict(zip(i.tolist(), f)) for i, f in zip(ids, feats)]
 
     def _exchange_tracks(self, spans: list[SpanData]) -> tuple[np.ndarray, dict[tuple[int, int], dict[int, int]], np.ndarray]:

@@ -42,7 +42,7 @@ from .tracking import box_iou
 __all__ = ["TrainConfig", "TrainJob", "Trained", "prepare_video", "label_inputs", "train", "load_train_config"]
 
 
-_KEY_IF_ON = ("band_mask",)
+_KEY_IF_ON = ("texture_masked", "band_mask")
 """Actor-token settings added after caches existed: in the feature cache's key only when on, so
 that the caches made before them keep their keys."""
 
@@ -213,7 +213,7 @@ class TrainJob:
         return json.dumps({"enc": self.pipe.encoder.settings(), "track": asdict(self.cfg.track), "samp": asdict(self.cfg.sampling),
                            "act": act, "boxes": self.opts.boxes, "jit": self.opts.box_jitter,
                            "seed": self.cfg.seed, "v": 2,
-                           "feat": [ROW_COLS, kin_dim(self.cfg.actions.half_windows), look_dim(self.cfg.actions.texture)]}, sort_keys=True)  # what an actor token holds
+                           "feat": [ROW_COLS, kin_dim(self.cfg.actions.half_windows), look_dim(self.cfg.actions.texture, self.cfg.actions.texture_masked)]}, sort_keys=True)  # what an actor token holds
 
     def _cached(self, video: str, key_cfg: str) -> Path:
         import hashlib
