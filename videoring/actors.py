@@ -242,7 +242,7 @@ def masked_texture_features(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     of the actor's pixels in the box's border ring (a frame) and inside it.
     :func:`texture_features` reads the whole box, whose border is mostly background for any
     shape but a square; beside it, these lift a nearest-centre reading of the four synthetic
-    patterns from 0.753 to 0.850 of single boxes (0.837 -> 0.938 per track; docs/actions.md)."""
+    patterns from 0.753 to 0.844 of single boxes (0.837 -> 0.930 per track; docs/actions.md)."""
     H, W = img.shape[:2]
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
