@@ -158,7 +158,8 @@ def load_model(model: ActionModel, path: str | Path) -> dict:
     # texture_masked has the shapes of the reverse: such a checkpoint loads, and would recall
     # other keys or read other numbers than trained on
     if missing or unexpected or any(was[k] != getattr(model.actions_cfg, k) for k in _SAME_SHAPES):
-        raise ConfigError(f"actions.model: {p} does not fit this config (missing {missing[:2]}, unexpected {unexpected[:2]}); "
+        shapes = f" (missing {missing[:2]}, unexpected {unexpected[:2]})" if missing or unexpected else ""
+        raise ConfigError(f"actions.model: {p} does not fit this config{shapes}; "
                           + (f"it was trained with {' '.join(hint)}" if hint else "use the config it was trained with"))
     return meta
 
