@@ -110,9 +110,10 @@ class PixelStats:
             q = _CROP // 4
             mean = c[q:-q, q:-q].reshape(-1, 3).mean(0)
             out[i, :3] = mean / 255.0
-            band = _crop(img, _above(r[2:6]), _BAND)
+            above = _above(r[2:6])
+            band = _crop(img, above, _BAND)
             if band is not None and self.band_mask:
-                band[_covered(img.shape, _above(r[2:6]), np.delete(rows, i, 0)[:, 2:6])] = np.nan
+                band[_covered(img.shape, above, np.delete(rows, i, 0)[:, 2:6])] = np.nan
             if band is not None:
                 near = np.linalg.norm(band - mean, axis=2) < _MATCH  # False on a masked cell
                 free = ~np.isnan(band[..., 0])
